@@ -1,0 +1,127 @@
+"""Check analytic gradients against central finite differences, in float64.
+
+For a function f of tensors, backprop gives dL/dx for L = sum(f(x) * R), with R a fixed
+random array (so every output element is checked, not just their sum). The numerical
+estimate perturbs one input element at a time:
+
+    dL/dx_i  ~  (L(x + eps e_i) - L(x - eps e_i)) / (2 eps)     (error O(eps^2))
+
+Both must agree to |analytic - numeric| <= atol + rtol |numeric| for every element.
+This is the tool the tests use and the one learners use on their own code, so a failure
+prints a table of the worst elements: which input, which index, both values, both errors.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tinymoe import backend
+from tinymoe.tensor import Tensor, no_grad
+
+
+class GradcheckError(AssertionError):
+    """Raised when analytic and numerical gradients disagree (an AssertionError, so pytest
+    shows the table)."""
+
+
+def _named(tensors, prefix: str) -> list[tuple[str, Tensor]]:
+    if isinstance(tensors, dict):
+        return list(tensors.items())
+    if isinstance(tensors, Tensor):
+        tensors = [tensors]
+    return [(f"{prefix} {i}", t) for i, t in enumerate(tensors)]
+
+
+def gradcheck(fn, inputs, params=None, eps=1e-6, atol=1e-6, rtol=1e-4, max_rows=10) -> bool:
+    """Compare backprop with central differences; return True or raise GradcheckError.
+
+    fn:      called as ``fn(*inputs)``; returns one Tensor of any shape.
+    inputs:  a list of tensors (or a dict name -> tensor, for nicer messages); those with
+             ``requires_grad=True`` are checked, the others are passed through unchanged.
+    params:  tensors that ``fn`` uses without receiving them, e.g.
+             ``dict(layer.named_parameters())``; checked too.
+
+    Every float tensor involved is converted to float64 for the check and restored after
+    it (values, dtypes and ``.grad``), so ``fn`` must not draw random numbers (no dropout,
+    fixed router noise) or its outputs will not be comparable between calls.
+    """
+    named = _named(inputs, "input") + _named(params or [], "param")
+    checked = [(name, t) for name, t in named if isinstance(t, Tensor) and t.requires_grad]
+    if not checked:
+        raise ValueError("gradcheck: no input or param has requires_grad=True, so there is nothing to check")
+    args = [t for _, t in _named(inputs, "input")]
+    saved = {id(t): (t, t.data, t.grad) for _, t in named if isinstance(t, Tensor)}
+    try:
+        for t, data, _ in saved.values():
+            if data.dtype.kind == "f":
+                t.data = data.astype(np.float64, order="C")  # a C-ordered copy: the flat view below is a view
+            t.grad = None
+        rows = _compare(fn, args, checked, eps, atol, rtol)
+    finally:
+        for t, data, grad in saved.values():
+            t.data, t.grad = data, grad
+    if rows:
+        raise GradcheckError(_report(rows, sum(t.size for _, t in checked), atol, rtol, max_rows))
+    return True
+
+
+def _call(fn, args) -> Tensor:
+    out = fn(*args)
+    if not isinstance(out, Tensor):
+        raise TypeError(f"gradcheck: fn must return one Tensor, got {type(out).__name__}")
+    if out.dtype != np.float64:
+        raise TypeError(
+            f"gradcheck: fn returned {out.dtype}, not float64; finite differences need float64 "
+            "all the way through (does fn cast with astype or build float32 constants?)"
+        )
+    return out
+
+
+def _compare(fn, args, checked, eps, atol, rtol):
+    out = _call(fn, args)
+    xp = backend.array_module(out.data)
+    weights = xp.asarray(np.random.default_rng(0).standard_normal(out.shape))
+    if out.requires_grad:
+        (out * weights).sum().backward()
+
+    def loss() -> float:
+        with no_grad():
+            return float((_call(fn, args).data * weights).sum())
+
+    rows = []
+    for name, t in checked:
+        analytic = backend.to_numpy(t.grad if t.grad is not None else xp.zeros(t.shape)).reshape(-1)
+        flat = t.data.reshape(-1)  # a view of the float64 copy made above
+        for i in range(flat.size):
+            original = flat[i].item()
+            flat[i] = original + eps
+            up = loss()
+            flat[i] = original - eps
+            down = loss()
+            flat[i] = original
+            numeric = (up - down) / (2 * eps)
+            error = abs(analytic[i] - numeric)
+            if not error <= atol + rtol * abs(numeric):  # `not <=` also catches NaN
+                index = tuple(int(j) for j in np.unravel_index(i, t.shape))
+                rows.append((name, index, float(analytic[i]), numeric, error))
+    return rows
+
+
+def _report(rows, total, atol, rtol, max_rows) -> str:
+    rows = sorted(rows, key=lambda r: -r[4] if r[4] == r[4] else -np.inf)
+    lines = [
+        f"gradcheck failed: {len(rows)} of {total} gradient entries disagree "
+        f"(allowed: |analytic - numeric| <= {atol:g} + {rtol:g} * |numeric|)",
+        f"{'input':<14} {'index':<14} {'analytic':>13} {'numeric':>13} {'abs err':>10} {'rel err':>10}",
+    ]
+    for name, index, analytic, numeric, error in rows[:max_rows]:
+        rel = error / abs(numeric) if numeric else float("inf")
+        index = str(index).replace(" ", "")
+        lines.append(f"{name:<14} {index:<14} {analytic:>13.6g} {numeric:>13.6g} {error:>10.2e} {rel:>10.2e}")
+    if len(rows) > max_rows:
+        lines.append(f"... and {len(rows) - max_rows} more (worst first)")
+    lines.append(
+        "Hint: a wrong backward formula gives large errors everywhere; a few bad entries often "
+        "mean a kink (relu at 0, max/top-k ties) or randomness inside fn."
+    )
+    return "\n".join(lines)

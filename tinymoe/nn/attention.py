@@ -1,0 +1,48 @@
+"""Causal multi-head self-attention (Vaswani et al. 2017), as in decoder-only LMs.
+
+    Q, K, V = x W_q, x W_k, x W_v          split into h heads of size d/h
+    A = softmax(Q K^T / sqrt(d/h) + M)     M = -inf above the diagonal: no peeking ahead
+    y = concat_heads(A V) W_o
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from tinymoe import functional as F
+from tinymoe.backend import array_module
+from tinymoe.nn.layers import Dropout, Linear
+from tinymoe.nn.module import Module
+
+
+class CausalSelfAttention(Module):
+    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0, dtype=np.float32):
+        if n_heads < 1 or d_model % n_heads:
+            raise ValueError(f"CausalSelfAttention: n_heads must be >= 1 and divide d_model={d_model}, got {n_heads}")
+        self.d_model, self.n_heads = d_model, n_heads
+        self.qkv = Linear(d_model, 3 * d_model, dtype=dtype)  # W_q, W_k, W_v side by side
+        self.out = Linear(d_model, d_model, dtype=dtype)
+        self.dropout = Dropout(dropout)
+
+    def forward(self, x):
+        """x (B, T, d) -> (B, T, d); position t attends to positions 0..t only."""
+        batch, steps, d = x.shape
+        head = d // self.n_heads
+
+        def heads(t):  # (B, T, d) -> (B, h, T, d/h)
+            return F.transpose(F.reshape(t, (batch, steps, self.n_heads, head)), (0, 2, 1, 3))
+
+        q, k, v = (heads(t) for t in F.split(self.qkv(x), 3, axis=-1))
+        scores = F.matmul(q, F.swapaxes(k, -1, -2)) * (1 / math.sqrt(head))
+        xp = array_module(x.data)
+        causal = xp.tril(xp.ones((steps, steps), dtype=bool))
+        scores = F.where(causal, scores, -np.inf)  # exp(-inf) = 0: future positions get no weight
+        attention = self.dropout(F.softmax(scores, axis=-1))
+        y = F.matmul(attention, v)  # (B, h, T, d/h)
+        y = F.reshape(F.transpose(y, (0, 2, 1, 3)), (batch, steps, d))
+        return self.out(y)
+
+    def extra_repr(self):
+        return f"d_model={self.d_model}, n_heads={self.n_heads}"
