@@ -176,6 +176,9 @@ class Tensor:
     def __pow__(self, exponent):
         return ops.pow(self, exponent)
 
+    def __rpow__(self, base):
+        return ops.pow(base, self)
+
     def __matmul__(self, other):
         return ops.matmul(self, other)
 

@@ -22,8 +22,7 @@ def _softmax(x, axis):
 
 def _logsumexp(x, axis):
     xp = array_module(x)
-    m = x.max(axis=axis, keepdims=True)
-    m = xp.where(xp.isfinite(m), m, 0)  # a row of all -inf stays -inf instead of NaN
+    m = x.max(axis=axis, keepdims=True)  # exp(x - m) <= 1: no overflow, and one term is 1
     return m + xp.log(xp.exp(x - m).sum(axis=axis, keepdims=True))
 
 

@@ -12,10 +12,11 @@ def normalize_axes(axis, ndim: int) -> tuple[int, ...]:
     if axis is None:
         return tuple(range(ndim))
     axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    n = ndim or 1  # (this module's `max` is the op, so no builtin max here)
     for a in axes:
-        if not -ndim <= a < max(ndim, 1):
+        if not -n <= a < n:
             raise ValueError(f"axis {a} is out of range for a tensor with {ndim} dimensions")
-    return tuple(sorted(a % max(ndim, 1) for a in axes))
+    return tuple(sorted(a % n for a in axes))
 
 
 def _unreduce(g, shape, axes, keepdims):
