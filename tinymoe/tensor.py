@@ -238,18 +238,20 @@ def _topological_order(root: Tensor) -> list[Tensor]:
     An iterative depth-first search with an explicit stack, so a 10 000-op chain does not
     hit Python's recursion limit.
     """
-    order, visited = [], {id(root)}
+    order, visited = [], set()
     stack = [(root, False)]
     while stack:
         t, expanded = stack.pop()
         if expanded:  # all of t's inputs are already in `order`
             order.append(t)
             continue
-        stack.append((t, True))
+        if id(t) in visited:  # pushed twice (two users) and already expanded via the other
+            continue
+        visited.add(id(t))  # mark on expansion, not on push: a tensor pushed early by one
+        stack.append((t, True))  # user must still wait for every path that reaches it later
         if t.creator is not None:
             for x in t.creator.inputs:
                 if x.requires_grad and id(x) not in visited:
-                    visited.add(id(x))
                     stack.append((x, False))
     return order
 
