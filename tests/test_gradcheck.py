@@ -60,3 +60,14 @@ def test_float32_output_is_refused():
     x = randn(2)
     with pytest.raises(TypeError, match="float32, not float64"):
         tm.gradcheck(lambda t: t.astype(np.float32), [x])
+
+
+def test_non_leaf_and_float32_inputs_are_checked_as_float64_leaves():
+    x = tm.tensor(np.random.default_rng(0).standard_normal((3, 2)).astype(np.float32), requires_grad=True)
+    original = x.data.copy()
+    assert tm.gradcheck(lambda t: tm.F.tanh(t) * t, [x * 1.0])  # x * 1.0 is not a leaf
+    assert tm.gradcheck(lambda t: tm.F.tanh(t) * t, [x.T])  # a transposed (non-contiguous) view
+    np.testing.assert_array_equal(x.data, original)
+    assert x.grad is None  # nothing flowed back into the original graph
+    with pytest.raises(GradcheckError):  # and a wrong backward is still caught through them
+        tm.gradcheck(lambda t: WrongSquare()(t), [x.T])

@@ -41,28 +41,38 @@ def gradcheck(fn, inputs, params=None, eps=1e-6, atol=1e-6, rtol=1e-4, max_rows=
     params:  tensors that ``fn`` uses without receiving them, e.g.
              ``dict(layer.named_parameters())``; checked too.
 
-    Every float tensor involved is converted to float64 for the check and restored after
-    it (values, dtypes and ``.grad``), so ``fn`` must not draw random numbers (no dropout,
-    fixed router noise) or its outputs will not be comparable between calls.
+    Inputs are copied to fresh float64 leaves; params are converted to float64 in place for
+    the check and restored after it (values, dtypes and ``.grad``). ``fn`` must not draw
+    random numbers (no dropout; pass router noise explicitly), or its outputs will not be
+    comparable between calls.
     """
-    named = _named(inputs, "input") + _named(params or [], "param")
-    checked = [(name, t) for name, t in named if isinstance(t, Tensor) and t.requires_grad]
+    args, checked = [], []
+    for name, t in _named(inputs, "input"):  # inputs become fresh float64 leaves: never mutated
+        if isinstance(t, Tensor):
+            t = Tensor(_as_float64(t.data), requires_grad=t.requires_grad)
+            if t.requires_grad:
+                checked.append((name, t))
+        args.append(t)
+    named_params = [(name, p) for name, p in _named(params or [], "param") if isinstance(p, Tensor)]
+    checked += [(name, p) for name, p in named_params if p.requires_grad]
     if not checked:
         raise ValueError("gradcheck: no input or param has requires_grad=True, so there is nothing to check")
-    args = [t for _, t in _named(inputs, "input")]
-    saved = {id(t): (t, t.data, t.grad) for _, t in named if isinstance(t, Tensor)}
-    try:
-        for t, data, _ in saved.values():
-            if data.dtype.kind == "f":
-                t.data = data.astype(np.float64, order="C")  # a C-ordered copy: the flat view below is a view
-            t.grad = None
+    saved = [(p, p.data, p.grad) for _, p in named_params]
+    try:  # params are used by fn through a closure, so they are converted in place...
+        for p, data, _ in saved:
+            p.data, p.grad = _as_float64(data), None
         rows = _compare(fn, args, checked, eps, atol, rtol)
-    finally:
-        for t, data, grad in saved.values():
-            t.data, t.grad = data, grad
+    finally:  # ...and restored afterwards: values, dtype and grad
+        for p, data, grad in saved:
+            p.data, p.grad = data, grad
     if rows:
         raise GradcheckError(_report(rows, sum(t.size for _, t in checked), atol, rtol, max_rows))
     return True
+
+
+def _as_float64(data):
+    """A C-ordered float64 copy of float data (so a flat view can be perturbed); others as is."""
+    return data.astype(np.float64, order="C") if data.dtype.kind == "f" else data
 
 
 def _call(fn, args) -> Tensor:
@@ -91,7 +101,7 @@ def _compare(fn, args, checked, eps, atol, rtol):
     rows = []
     for name, t in checked:
         analytic = backend.to_numpy(t.grad if t.grad is not None else xp.zeros(t.shape)).reshape(-1)
-        flat = t.data.reshape(-1)  # a view of the float64 copy made above
+        flat = t.data.reshape(-1)  # a view of the C-ordered float64 copy made above
         for i in range(flat.size):
             original = flat[i].item()
             flat[i] = original + eps
