@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 import tinymoe as tm
+from tests.helpers import randn
 from tinymoe.gradcheck import GradcheckError
 from tinymoe.tensor import Function
-from tests.helpers import randn
 
 
 class WrongSquare(Function):

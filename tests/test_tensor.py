@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 import tinymoe as tm
+from tests.helpers import numpy_of, randn
 from tinymoe import backend
 from tinymoe import functional as F
 from tinymoe.tensor import is_grad_enabled
-from tests.helpers import numpy_of, randn
 
 
 def test_diamond_graph_sums_both_paths(device):
@@ -16,6 +16,18 @@ def test_diamond_graph_sums_both_paths(device):
     a, b = x * 2.0, x * 3.0
     (a * b).sum().backward()
     np.testing.assert_allclose(numpy_of(x.grad), 12 * numpy_of(x), rtol=1e-12)
+
+
+def test_a_tensor_used_directly_and_through_another_op():
+    # y = x + 2x: x's two uses are at different depths; the traversal must still finish
+    # both users before x (a regression: marking nodes visited too early lost 2/3 of it)
+    x = randn(3)
+    y = x + x * 2.0
+    y.sum().backward()
+    np.testing.assert_array_equal(x.grad, np.full(3, 3.0))
+    z = randn(1, seed=1)
+    (z * z * 6.0 + z).sum().backward()  # d/dz (6 z^2 + z) = 12 z + 1
+    np.testing.assert_allclose(z.grad, 12 * z.data + 1, rtol=1e-12)
 
 
 def test_reused_intermediate_gets_its_full_gradient_before_passing_it_on(device):

@@ -127,6 +127,7 @@ def clip_grad_norm(params, max_norm: float) -> float:
     """
     if max_norm <= 0:
         raise ValueError(f"clip_grad_norm: max_norm must be > 0, got {max_norm}")
+    params = list(params)  # iterated twice below: a generator would be empty the second time
     grads = [p.grad for p in params if p.grad is not None]
     total = math.sqrt(sum(float((g.astype("float64") ** 2).sum()) for g in grads))
     if total > max_norm:

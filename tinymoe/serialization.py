@@ -25,6 +25,8 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
     for key, value in tree.items():
         if SEP in key:
             raise ValueError(f"save: key {key!r} may not contain {SEP!r} (it separates nested dicts)")
+        if hasattr(value, "state_dict"):  # a Module (or optimiser) inside the dict
+            value = value.state_dict()
         if isinstance(value, dict):
             flat.update(_flatten(value, f"{prefix}{key}{SEP}"))
         else:
@@ -52,7 +54,10 @@ def load(path) -> dict:
     """Read what ``save`` wrote: a nested dict of NumPy arrays (0-d for numbers/strings)."""
     path = os.fspath(path)
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        archive = np.load(path, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):  # a bare .npy array, not a checkpoint
+            raise ValueError("it holds one array, not an .npz archive")
+        with archive:
             flat = {key: archive[key] for key in archive.files}
     except FileNotFoundError:
         raise

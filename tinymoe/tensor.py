@@ -245,10 +245,12 @@ def _topological_order(root: Tensor) -> list[Tensor]:
         if expanded:  # all of t's inputs are already in `order`
             order.append(t)
             continue
-        if id(t) in visited:  # pushed twice (two users) and already expanded via the other
+        if id(t) in visited:  # pushed by two users; the later push already expanded it
             continue
-        visited.add(id(t))  # mark on expansion, not on push: a tensor pushed early by one
-        stack.append((t, True))  # user must still wait for every path that reaches it later
+        # Mark on expansion, not on push: a tensor pushed by one user may be reached again
+        # through another user, and must then be placed before that one in `order` too.
+        visited.add(id(t))
+        stack.append((t, True))
         if t.creator is not None:
             for x in t.creator.inputs:
                 if x.requires_grad and id(x) not in visited:

@@ -179,3 +179,14 @@ def test_module_list_indexing_length_and_iteration():
 def test_module_list_index_out_of_range_raises_index_error(index):
     with pytest.raises(IndexError, match="out of range"):
         ModuleList([Linear(2, 2)] * 3)[index]
+
+
+def test_tied_weights_are_listed_once():
+    class Tied(Module):
+        def __init__(self):
+            self.embed = tm.nn.Embedding(5, 3)
+            self.head = Linear(3, 5, bias=False)
+            self.head.weight = self.embed.weight  # same Parameter object in two places
+
+    names = [name for name, _ in Tied().named_parameters()]
+    assert names == ["embed.weight"]

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import mutually_broadcastable_shapes
 
 import tinymoe as tm
-from tinymoe import functional as F
 from tests.helpers import numpy_of, randn
+from tinymoe import functional as F
 
 math_erf = np.vectorize(math.erf)  # an independent erf (the library uses scipy's)
 

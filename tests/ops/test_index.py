@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 import tinymoe as tm
+from tests.helpers import numpy_of, randn
 from tinymoe import backend
 from tinymoe import functional as F
-from tests.helpers import numpy_of, randn
 
 
 def on(device, array):

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 import tinymoe as tm
+from tests.helpers import numpy_of, randn
 from tinymoe import backend
 from tinymoe import functional as F
-from tests.helpers import numpy_of, randn
 
 
 def np_softmax(x, axis=-1):

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 import tinymoe as tm
-from tinymoe import functional as F
 from tests.helpers import numpy_of, randn
+from tinymoe import functional as F
 
 AXES = [None, 0, -1, (0, 2), (1,)]
 OPS = {

@@ -46,11 +46,20 @@ class Module:
             yield from child.modules()
 
     def named_parameters(self, prefix: str = ""):
+        """(dotted name, parameter) pairs; a parameter shared by two modules (tied weights)
+        is listed once, under its first name, so an optimiser updates it once."""
+        seen = set()
+        for name, p in self._all_parameters(prefix):
+            if id(p) not in seen:
+                seen.add(id(p))
+                yield name, p
+
+    def _all_parameters(self, prefix: str):
         for name, value in vars(self).items():
             if isinstance(value, Parameter):
                 yield prefix + name, value
             elif isinstance(value, Module):
-                yield from value.named_parameters(f"{prefix}{name}.")
+                yield from value._all_parameters(f"{prefix}{name}.")
 
     def parameters(self) -> list[Parameter]:
         return [p for _, p in self.named_parameters()]
@@ -116,8 +125,8 @@ class Module:
     def load_state_dict(self, state: dict, strict: bool = True) -> None:
         """Copy arrays into the parameters and buffers of the same names, bit for bit.
 
-        Strict (the default): the names must match exactly and every shape must agree;
-        otherwise a ValueError lists every missing, unexpected and mis-shaped entry.
+        Strict (the default): the names must match exactly. In both modes every shape must
+        agree. Otherwise a ValueError lists every missing, unexpected and mis-shaped entry.
         """
         own = dict(self._named_tensors())
         missing = [k for k in own if k not in state]
