@@ -7,7 +7,7 @@
 """
 
 from tinymoe import functional as F
-from tinymoe import nn, optim
+from tinymoe import moe, nn, optim
 from tinymoe.backend import cuda_available, manual_seed
 from tinymoe.gradcheck import gradcheck
 from tinymoe.serialization import load, save
@@ -16,6 +16,6 @@ from tinymoe.tensor import Tensor, no_grad, tensor
 __version__ = "0.1.0"
 
 __all__ = [
-    "F", "Tensor", "cuda_available", "gradcheck", "load", "manual_seed", "nn", "no_grad",
+    "F", "Tensor", "cuda_available", "gradcheck", "load", "manual_seed", "moe", "nn", "no_grad",
     "optim", "save", "tensor",
 ]  # fmt: skip

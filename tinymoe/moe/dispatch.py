@@ -1,0 +1,238 @@
+"""The dispatch path: send each token to its experts and bring the answers back.
+
+Three steps, named for what they do:
+
+    plan = make_plan(expert_index, n_experts, capacity)   # who goes where (no gradient)
+    xs   = permute(x, plan)                                # token rows, grouped by expert
+    y    = unpermute(ys, plan, weight)                     # y_n = sum_j w_nj * ys[row(n, j)]
+
+``make_plan`` is a counting sort of the N*k (token, choice) slots by expert id: count the
+slots per expert (a histogram), take the running sum (offsets: where each expert's rows
+start), and give every slot its rank inside its expert. It is *stable*, so inside an
+expert the rows keep (token, choice) order: every backend produces the same layout.
+
+Two buffer layouts:
+- dropless (``capacity=None``): the kept rows back to back, expert e's rows at
+  ``offsets[e]:offsets[e+1]``; each expert runs one matmul on its contiguous slice.
+- capacity mode: a padded (E * C, d) buffer, expert e's rows at ``e*C : e*C + counts[e]``,
+  the rest zeros; all experts run as one batched matmul on (E, C, d).
+
+Capacity priority (GShard): first choices fill the buffers before second choices, each in
+token order; slots past an expert's capacity are dropped and contribute exactly zero (the
+residual connection around the layer carries those tokens).
+
+This file is the NumPy reference ("spec"); the CuPy kernels of the GPU path must
+reproduce it exactly. ``dense_moe`` is the naive per-expert loop, the oracle the tests
+compare every dispatcher with.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from tinymoe import functional as F
+from tinymoe.backend import array_module
+from tinymoe.tensor import Function, Tensor
+
+
+def capacity(capacity_factor: float, n_tokens: int, n_experts: int, k: int = 1) -> int:
+    """Expert capacity C = ceil(capacity_factor * k * N / E) (tokens per expert per group)."""
+    if not capacity_factor > 0:
+        raise ValueError(f"capacity_factor must be > 0, got {capacity_factor}")
+    return max(1, math.ceil(capacity_factor * k * n_tokens / n_experts))
+
+
+@dataclass
+class Plan:
+    """Where every (token, choice) slot goes. Arrays are NumPy or CuPy, like the input.
+
+    order:    (R,) the slot id (token * k + choice) of each kept row, in buffer order
+    counts:   (E,) kept rows per expert
+    offsets:  (E + 1,) start of each expert's rows in the buffer (dropless layout)
+    row:      (N, k) the buffer row of each slot, -1 where dropped
+    dropped:  (N, k) bool
+    capacity: rows per expert in capacity mode, None when dropless
+    """
+
+    order: object
+    counts: object
+    offsets: object
+    row: object
+    dropped: object
+    n_experts: int
+    capacity: int | None
+
+    @property
+    def n_tokens(self) -> int:
+        return self.row.shape[0]
+
+    @property
+    def k(self) -> int:
+        return self.row.shape[1]
+
+    @property
+    def n_rows(self) -> int:
+        """Rows of the permuted buffer: kept slots (dropless) or E * C (capacity mode)."""
+        return len(self.order) if self.capacity is None else self.n_experts * self.capacity
+
+
+def _stable_sort_by_expert(expert_ids, n_experts: int):
+    """Indices that sort ``expert_ids`` (1-D) by value, equal values keeping their order.
+
+    NumPy's stable sort of 16-bit integers is a radix sort: a counting sort, O(n)."""
+    xp = array_module(expert_ids)
+    narrow = xp.int16 if n_experts < 2**15 else xp.int32
+    return xp.argsort(expert_ids.astype(narrow), kind="stable")
+
+
+def _rank_within_expert(expert_ids, n_experts: int):
+    """For each slot, how many earlier slots (in the given order) chose the same expert.
+
+    Ids equal to ``n_experts`` mark slots that take no place (already dropped)."""
+    xp = array_module(expert_ids)
+    sort = _stable_sort_by_expert(expert_ids, n_experts)
+    counts = xp.bincount(expert_ids, minlength=n_experts + 1)
+    starts = xp.cumsum(counts) - counts  # first sorted position of each expert
+    rank = xp.empty_like(sort)
+    rank[sort] = xp.arange(len(sort)) - starts[expert_ids[sort]]
+    return rank
+
+
+def capacity_drop(expert_index, n_experts: int, capacity: int, dropped=None):
+    """The (N, k) drop mask when each expert takes at most ``capacity`` slots (GShard).
+
+    Priority: all first choices in token order, then all second choices, and so on; slots
+    in ``dropped`` (already dropped by the router) take no place.
+    """
+    xp = array_module(expert_index)
+    n, k = expert_index.shape
+    dropped = xp.zeros((n, k), bool) if dropped is None else dropped
+    ids = xp.where(dropped, n_experts, expert_index).T.reshape(-1)  # choice-major order
+    rank = _rank_within_expert(ids, n_experts).reshape(k, n).T
+    return dropped | (rank >= capacity)
+
+
+def make_plan(expert_index, n_experts: int, capacity: int | None = None, dropped=None) -> Plan:
+    """Build the dispatch plan (see the module docstring). Not differentiable: indices only.
+
+    expert_index: (N, k) int, each token's chosen experts, best first.
+    capacity:     rows per expert; slots beyond it are dropped, first choices first.
+    dropped:      (N, k) bool, slots the router already dropped (e.g. GShard's random
+                  second expert); they take no capacity.
+    """
+    xp = array_module(expert_index)
+    if expert_index.ndim != 2:
+        raise ValueError(f"make_plan: expert_index must be (N, k), got shape {tuple(expert_index.shape)}")
+    if expert_index.size and (expert_index.min() < 0 or expert_index.max() >= n_experts):
+        raise ValueError(f"make_plan: expert ids must lie in [0, {n_experts}), got {int(expert_index.max())}")
+    if capacity is not None and capacity < 1:
+        raise ValueError(f"make_plan: capacity must be >= 1, got {capacity}")
+    n, k = expert_index.shape
+    if capacity is not None:
+        dropped = capacity_drop(expert_index, n_experts, capacity, dropped)
+    elif dropped is None:
+        dropped = xp.zeros((n, k), bool)
+    # the buffer layout: kept slots sorted by expert, (token, choice) order inside
+    flat = xp.where(dropped, n_experts, expert_index).reshape(-1)
+    counts = xp.bincount(flat, minlength=n_experts + 1)[:n_experts]
+    offsets = xp.concatenate([xp.zeros(1, counts.dtype), xp.cumsum(counts)])
+    n_kept = int(offsets[-1])
+    order = _stable_sort_by_expert(flat, n_experts)[:n_kept]
+    rows = xp.arange(n_kept)
+    if capacity is not None:  # expert e's rows start at e * C in the padded buffer
+        rows = rows - offsets[flat[order]] + flat[order] * capacity
+    row = xp.full(n * k, -1, dtype=rows.dtype)
+    row[order] = rows
+    return Plan(order, counts, offsets, row.reshape(n, k), dropped, n_experts, capacity)
+
+
+class Permute(Function):
+    """xs[r] = x[token of row r]: each token row copied once per kept choice.
+
+    Backward: each token sums the gradients of its copies. A token has at most k copies,
+    so the sum is a reshape to (N, k, d) and a sum over k: no scatter-add needed.
+    """
+
+    def __init__(self, plan: Plan):
+        self.plan = plan
+
+    def forward(self, x):
+        plan, xp = self.plan, array_module(x)
+        tokens = plan.order // plan.k
+        if plan.capacity is None:
+            return x[tokens]
+        xs = xp.zeros((plan.n_rows, x.shape[-1]), x.dtype)  # padding rows stay zero
+        xs[plan.row.reshape(-1)[plan.order]] = x[tokens]
+        return xs
+
+    def backward(self, g):
+        plan, xp = self.plan, array_module(g)
+        per_slot = xp.zeros((plan.n_tokens * plan.k, g.shape[-1]), g.dtype)
+        per_slot[plan.order] = g if plan.capacity is None else g[plan.row.reshape(-1)[plan.order]]
+        return (per_slot.reshape(plan.n_tokens, plan.k, -1).sum(axis=1),)
+
+
+class Unpermute(Function):
+    """The weighted combine: y_n = sum_j w_nj ys[row(n, j)], dropped slots adding nothing.
+
+    Backward: d ys[row(n, j)] = w_nj g_n (each row belongs to one slot, so a plain write)
+    and d w_nj = <g_n, ys[row(n, j)]> (the gradient the router learns from).
+    """
+
+    def __init__(self, plan: Plan):
+        self.plan = plan
+
+    def forward(self, ys, weight):
+        plan, xp = self.plan, array_module(ys)
+        n, k = plan.row.shape
+        kept_slots = plan.order
+        # the expert outputs back in (token, choice) slots; dropped slots stay zero
+        self.gathered = xp.zeros((n * k, ys.shape[-1]), ys.dtype)
+        self.gathered[kept_slots] = ys[plan.row.reshape(-1)[kept_slots]]
+        self.gathered = self.gathered.reshape(n, k, -1)
+        self.weight = weight
+        return (self.gathered * weight[..., None]).sum(axis=1)
+
+    def backward(self, g):
+        plan, xp = self.plan, array_module(g)
+        g_weight = (self.gathered * g[:, None, :]).sum(axis=-1)
+        per_slot = (self.weight[..., None] * g[:, None, :]).reshape(plan.n_tokens * plan.k, -1)
+        g_ys = xp.zeros((plan.n_rows, g.shape[-1]), g.dtype)
+        g_ys[plan.row.reshape(-1)[plan.order]] = per_slot[plan.order]
+        return g_ys, g_weight
+
+
+def permute(x: Tensor, plan: Plan) -> Tensor:
+    """(N, d) tokens -> (rows, d) buffer grouped by expert (see ``make_plan``)."""
+    if x.ndim != 2 or x.shape[0] != plan.n_tokens:
+        raise ValueError(f"permute: x must be (N, d) with N = {plan.n_tokens}, got shape {x.shape}")
+    return Permute(plan)(x)
+
+
+def unpermute(ys: Tensor, plan: Plan, weight) -> Tensor:
+    """(rows, d) expert outputs and (N, k) combine weights -> (N, d) weighted sums."""
+    if ys.shape[0] != plan.n_rows:
+        raise ValueError(f"unpermute: ys must have {plan.n_rows} rows (the plan's buffer), got {ys.shape[0]}")
+    if tuple(weight.shape) != plan.row.shape:
+        raise ValueError(f"unpermute: weight must be (N, k) = {plan.row.shape}, got {tuple(weight.shape)}")
+    return Unpermute(plan)(ys, weight)
+
+
+def dense_moe(x: Tensor, expert_index, weight, expert_fn, n_experts: int, dropped=None) -> Tensor:
+    """The naive oracle: loop over experts, pick each one's tokens with a mask, run it, add.
+
+    y_n = sum over kept slots (n, j) of weight[n, j] * expert_fn(expert_index[n, j], x_n).
+    Slow but obviously right; every dispatcher is tested against it (and lesson 08 starts
+    here).
+    """
+    xp = array_module(expert_index)
+    kept = ~dropped if dropped is not None else xp.ones(expert_index.shape, bool)
+    y = Tensor(xp.zeros(x.shape, x.dtype))
+    for e in range(n_experts):
+        token, choice = xp.nonzero((expert_index == e) & kept)
+        if len(token) == 0:
+            continue
+        out = expert_fn(e, x[token]) * F.unsqueeze(weight[token, choice], -1)
+        y = F.index_add(y, token, out, axis=0)
+    return y

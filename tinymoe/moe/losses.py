@@ -1,0 +1,169 @@
+"""The losses of MoE, one paper each. All are differentiable, unweighted (the layers
+multiply by their coefficients) and averaged over tokens.
+
+How libraries scale the load-balancing loss (ours equals 1 at perfect balance):
+
+| source                                  | formula                      | at perfect balance |
+|-----------------------------------------|------------------------------|--------------------|
+| tinymoe ``load_balancing_loss``         | E * sum_i f_i P_i            | 1                  |
+| Switch Transformer (paper and code)     | alpha * E * sum_i f_i P_i    | alpha              |
+| GShard code / DeepSeek expert-level     | E * sum_e (c_e / S) m_e      | 1                  |
+| GShard paper's printed formula          | mean_e (c_e / S) m_e         | 1 / E^2            |
+| Mixtral (Hugging Face helper)           | E * sum_i (count_i / N) P_i  | k (f counts k choices per token) |
+
+(f_i: share of the N*k assignments that went to expert i; P_i: mean router probability.)
+"""
+
+from __future__ import annotations
+
+from tinymoe import functional as F
+from tinymoe.backend import array_module
+from tinymoe.tensor import Tensor
+
+# --------------------------------------------------------------------- 1991: Jacobs et al.
+
+
+def cooperative_loss(target, expert_outputs, gates) -> Tensor:
+    """Jacobs et al. (1991), eq. 1: E = ||d - sum_i p_i o_i||^2, mean over tokens.
+
+    target (N, o), expert_outputs (N, E, o), gates (N, E). The experts cooperate: the
+    gradient for o_i is -2 p_i (d - y_bar), so each one learns what the others leave over.
+    """
+    mixture = F.sum(F.unsqueeze(gates, -1) * expert_outputs, axis=1)
+    diff = target - mixture
+    return F.mean(F.sum(diff * diff, axis=-1))
+
+
+def competitive_loss(target, expert_outputs, gates) -> Tensor:
+    """Jacobs et al. (1991), eq. 3: E = -log sum_i p_i exp(-1/2 ||d - o_i||^2), mean over tokens.
+
+    The experts compete: the gradient for o_i is -h_i (d - o_i), weighted by the posterior
+    h_i = p_i exp(-1/2||d - o_i||^2) / sum_j (...), and the gate logit's gradient is p_i - h_i.
+    Computed as -logsumexp(log p_i - 1/2 ||d - o_i||^2), which never underflows.
+    """
+    diff = F.unsqueeze(target, 1) - expert_outputs
+    log_terms = F.log(gates) - 0.5 * F.sum(diff * diff, axis=-1)
+    return -F.mean(F.logsumexp(log_terms, axis=-1))
+
+
+def posterior(target, expert_outputs, gates) -> Tensor:
+    """h_i = p_i exp(-1/2||d - o_i||^2) / sum_j p_j exp(-1/2||d - o_j||^2): which expert the
+    competitive loss holds responsible for each token."""
+    diff = F.unsqueeze(target, 1) - expert_outputs
+    return F.softmax(F.log(gates) - 0.5 * F.sum(diff * diff, axis=-1), axis=-1)
+
+
+# --------------------------------------------------------------- 2017: Shazeer et al.
+
+
+def cv_squared(x) -> Tensor:
+    """The squared coefficient of variation, Var(x) / Mean(x)^2 (population variance):
+    0 when all entries are equal. A tiny epsilon keeps it finite when the mean is 0."""
+    mean = F.mean(x)
+    return F.var(x) / (mean * mean + 1e-10)
+
+
+def importance_loss(gates) -> Tensor:
+    """Shazeer et al. (2017), eq. 6-7: CV(Importance)^2, Importance_i = sum over the batch of G_i(x)."""
+    return cv_squared(F.sum(gates, axis=0))
+
+
+def kth_excluding(noisy_logits, k: int) -> Tensor:
+    """For each token and expert i: the k-th largest noisy logit among the *other* experts.
+
+    If i is in the top k, removing it moves the (k+1)-th largest up, so that is the
+    threshold; otherwise it is the k-th largest. Differentiable through the chosen values.
+    """
+    values, _ = F.topk(noisy_logits, k + 1, axis=-1)
+    kth, next_one = values[:, k - 1 : k], values[:, k : k + 1]
+    in_top_k = noisy_logits.data >= kth.data  # ties at the k-th place count as in
+    return F.where(in_top_k, next_one, kth)
+
+
+def load_loss(clean_logits, noisy_logits, noise_std, k: int) -> Tensor:
+    """Shazeer et al. (2017), Appendix A, eqs. 8-10: the smooth load estimator.
+
+        P(x, i) = Phi(((x W_g)_i - kth_excluding(H(x), k, i)) / softplus((x W_noise)_i))
+        Load_i  = sum_x P(x, i);   loss = CV(Load)^2
+
+    P is the probability that expert i stays in the top k if only its own noise were drawn
+    again. Clean logits and noisy thresholds are on the same (logit) scale.
+    """
+    n_experts = clean_logits.shape[-1]
+    if not 1 <= k < n_experts:
+        raise ValueError(f"load_loss needs 1 <= k < n_experts={n_experts} (a (k+1)-th logit), got k={k}")
+    threshold = kth_excluding(noisy_logits, k)
+    prob = F.normal_cdf((clean_logits - threshold) / noise_std)
+    return cv_squared(F.sum(prob, axis=0))
+
+
+# ------------------------------------------------------------- 2020-2022: GShard, Switch
+
+
+def expert_fraction(expert_index, n_experts: int):
+    """f_i: the share of the N*k (token, choice) assignments that went to expert i (counted
+    before any capacity drop). An array: counting has no gradient."""
+    xp = array_module(expert_index)
+    counts = xp.bincount(expert_index.reshape(-1), minlength=n_experts)
+    return counts / expert_index.size
+
+
+def load_balancing_loss(probs, expert_index, n_experts: int) -> Tensor:
+    """E * sum_i f_i P_i, with f_i = expert_fraction and P_i = mean router probability.
+
+    Equals 1 at perfect balance (f_i = P_i = 1/E) and E when one expert takes everything.
+    The gradient reaches the router through P only (f counts choices). Switch uses it with
+    k = 1 and alpha = 0.01; GShard with the top-1 choices; DeepSeek's expert-level loss is the
+    same quantity (f_i = E/(kT) count_i there, times P_i, summed).
+    """
+    f = expert_fraction(expert_index, n_experts).astype(probs.dtype)
+    return n_experts * F.sum(F.mean(probs, axis=0) * f)
+
+
+def z_loss(logits) -> Tensor:
+    """Router z-loss (ST-MoE, Zoph et al. 2022, eq. 5): mean over tokens of logsumexp(x)^2.
+
+    It pulls the log-partition function towards 0, keeping logits small so float32/bf16
+    softmax stays accurate. Note: logsumexp squared, not the logits squared.
+    """
+    lse = F.logsumexp(logits, axis=-1)
+    return F.mean(lse * lse)
+
+
+# ------------------------------------------------------------------------ DeepSeek
+
+
+def device_balance_loss(probs, expert_index, n_experts: int, n_devices: int) -> Tensor:
+    """DeepSeekMoE's device-level balance loss: experts split into D equal groups (devices);
+    f'_d = mean of f_i in group d, P'_d = sum of P_i in group d; loss = sum_d f'_d P'_d,
+    with f_i = E/(kT) count_i. Equals 1 at perfect balance."""
+    if n_devices < 1 or n_experts % n_devices:
+        raise ValueError(f"n_devices must be >= 1 and divide n_experts={n_experts}, got {n_devices}")
+    f = (n_experts * expert_fraction(expert_index, n_experts)).astype(probs.dtype)
+    f_device = f.reshape(n_devices, -1).mean(axis=1)
+    p_device = F.sum(F.reshape(F.mean(probs, axis=0), (n_devices, -1)), axis=1)
+    return F.sum(p_device * f_device)
+
+
+def sequence_balance_loss(scores, expert_index, n_experts: int, seq_len: int) -> Tensor:
+    """DeepSeek-V3's sequence-wise balance loss (eqs. 17-20), mean over sequences:
+
+        f_i = E / (k T) * #(tokens of the sequence that chose i)
+        P_i = mean over the sequence of s'_{i,t},  s'_{i,t} = s_{i,t} / sum_j s_{j,t}
+        loss = sum_i f_i P_i        (1 at perfect balance)
+
+    scores (B*T, E) are the raw affinities (sigmoid in V3); tokens are ordered sequence by
+    sequence, T = seq_len at a time.
+    """
+    n, k = expert_index.shape
+    if seq_len < 1 or n % seq_len:
+        raise ValueError(f"seq_len must be >= 1 and divide the number of tokens {n}, got {seq_len}")
+    xp = array_module(expert_index)
+    b = n // seq_len
+    onehot = xp.zeros((n, n_experts), scores.dtype)
+    xp.put_along_axis(onehot, expert_index, 1.0, axis=-1)
+    counts = onehot.reshape(b, seq_len, n_experts).sum(axis=1)  # (B, E)
+    f = counts * (n_experts / (k * seq_len))
+    normalised = scores / F.sum(scores, axis=-1, keepdims=True)
+    p = F.mean(F.reshape(normalised, (b, seq_len, n_experts)), axis=1)
+    return F.mean(F.sum(p * f, axis=-1))
