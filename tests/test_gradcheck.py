@@ -71,3 +71,10 @@ def test_non_leaf_and_float32_inputs_are_checked_as_float64_leaves():
     assert x.grad is None  # nothing flowed back into the original graph
     with pytest.raises(GradcheckError):  # and a wrong backward is still caught through them
         tm.gradcheck(lambda t: WrongSquare()(t), [x.T])
+
+
+def test_zero_dimensional_tensors_are_perturbed_too():
+    scale = tm.tensor(np.array(1.5), requires_grad=True)
+    assert tm.gradcheck(lambda t: t * scale * scale, [randn(3)], params=[scale])
+    with pytest.raises(GradcheckError, match="param 0"):
+        tm.gradcheck(lambda t: t * WrongSquare()(scale), [randn(3)], params=[scale])

@@ -167,3 +167,10 @@ def test_numpy_arrays_and_numbers_mix_with_tensors_on_either_side():
     xv = x.data
     np.testing.assert_allclose(x.grad, array - 0.5 - 4 * xv / (xv * xv + 1) ** 2, rtol=1e-12)
     assert isinstance(x > 0, np.ndarray)  # comparisons give plain arrays: no gradient
+
+
+def test_full_reductions_hold_a_0d_array_not_a_numpy_scalar():
+    y = randn(2, 3).sum()
+    assert isinstance(y.data, np.ndarray) and y.shape == ()
+    y.data[()] = 5.0  # writable in place, like any other tensor data
+    assert y.item() == 5.0

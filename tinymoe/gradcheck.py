@@ -71,8 +71,8 @@ def gradcheck(fn, inputs, params=None, eps=1e-6, atol=1e-6, rtol=1e-4, max_rows=
 
 
 def _as_float64(data):
-    """A C-ordered float64 copy of float data (so a flat view can be perturbed); others as is."""
-    return data.astype(np.float64, order="C") if data.dtype.kind == "f" else data
+    """A float64 array copy of float data (perturbing it never touches the original)."""
+    return backend.array_module(data).array(data, dtype=np.float64) if data.dtype.kind == "f" else data
 
 
 def _call(fn, args) -> Tensor:
@@ -101,18 +101,17 @@ def _compare(fn, args, checked, eps, atol, rtol):
     rows = []
     for name, t in checked:
         analytic = backend.to_numpy(t.grad if t.grad is not None else xp.zeros(t.shape)).reshape(-1)
-        flat = t.data.reshape(-1)  # a view of the C-ordered float64 copy made above
-        for i in range(flat.size):
-            original = flat[i].item()
-            flat[i] = original + eps
+        for i in range(t.size):
+            index = tuple(int(j) for j in np.unravel_index(i, t.shape))  # () for a 0-d tensor
+            original = t.data[index].item()
+            t.data[index] = original + eps
             up = loss()
-            flat[i] = original - eps
+            t.data[index] = original - eps
             down = loss()
-            flat[i] = original
+            t.data[index] = original
             numeric = (up - down) / (2 * eps)
             error = abs(analytic[i] - numeric)
             if not error <= atol + rtol * abs(numeric):  # `not <=` also catches NaN
-                index = tuple(int(j) for j in np.unravel_index(i, t.shape))
                 rows.append((name, index, float(analytic[i]), numeric, error))
     return rows
 

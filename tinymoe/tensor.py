@@ -49,6 +49,8 @@ class Tensor:
     __array_priority__ = 100  # so ``ndarray * Tensor`` calls Tensor.__rmul__
 
     def __init__(self, data, requires_grad: bool = False):
+        if isinstance(data, np.generic):  # NumPy reductions return scalars: keep a 0-d array
+            data = np.asarray(data)
         self.data = data
         self.grad = None
         self.creator: Function | None = None  # the Function whose output this is
