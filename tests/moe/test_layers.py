@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import tinymoe as tm
+from tests.helpers import randn
 from tinymoe import functional as F
 from tinymoe.moe import (
     DeepSeekMoE,
@@ -18,7 +19,6 @@ from tinymoe.moe import (
     losses,
     mean_aux_over_layers,
 )
-from tests.helpers import randn
 
 D = 4
 
