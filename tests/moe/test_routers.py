@@ -240,3 +240,9 @@ def test_deepseek_group_arguments_are_checked():
 def test_wrong_token_width_is_refused():
     with pytest.raises(ValueError, match=r"tokens must be \(N, d_model=3\), got shape \(2, 4\)"):
         TopKRouter(3, 4, k=1)(tm.tensor(np.zeros((2, 4))))
+
+
+def test_drawn_noise_keeps_float32_routers_in_float32():
+    router = NoisyTopKRouter(3, 4, k=2)
+    r = router(tm.tensor(np.ones((2, 3), np.float32)))  # noise drawn by the library (float64)
+    assert r.extras["noisy_logits"].dtype == np.float32 and r.weight.dtype == np.float32

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 
 from tinymoe import functional as F
 from tinymoe.backend import array_module
@@ -40,7 +41,8 @@ def capacity(capacity_factor: float, n_tokens: int, n_experts: int, k: int = 1) 
     """Expert capacity C = ceil(capacity_factor * k * N / E) (tokens per expert per group)."""
     if not capacity_factor > 0:
         raise ValueError(f"capacity_factor must be > 0, got {capacity_factor}")
-    return max(1, math.ceil(capacity_factor * k * n_tokens / n_experts))
+    # exact arithmetic on the factor as written: 1.1 * 2 * 25 / 5 is 11 (floats say 11.000000000000002)
+    return max(1, math.ceil(Fraction(str(capacity_factor)) * k * n_tokens / n_experts))
 
 
 @dataclass
@@ -124,8 +126,10 @@ def make_plan(expert_index, n_experts: int, capacity: int | None = None, dropped
     xp = array_module(expert_index)
     if expert_index.ndim != 2:
         raise ValueError(f"make_plan: expert_index must be (N, k), got shape {tuple(expert_index.shape)}")
-    if expert_index.size and (expert_index.min() < 0 or expert_index.max() >= n_experts):
-        raise ValueError(f"make_plan: expert ids must lie in [0, {n_experts}), got {int(expert_index.max())}")
+    if expert_index.size:
+        low, high = int(expert_index.min()), int(expert_index.max())
+        if low < 0 or high >= n_experts:
+            raise ValueError(f"make_plan: expert ids must lie in [0, {n_experts}), got {low if low < 0 else high}")
     if capacity is not None and capacity < 1:
         raise ValueError(f"make_plan: capacity must be >= 1, got {capacity}")
     n, k = expert_index.shape

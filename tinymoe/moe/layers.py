@@ -243,6 +243,10 @@ class MHMoE(Module):
     def last_routing(self):
         return self.inner.last_routing
 
+    @property
+    def n_experts(self) -> int:
+        return self.inner.n_experts
+
     def forward(self, x, noise=None, uniform=None):
         if x.shape[-1] != self.d_model:
             raise ValueError(f"MHMoE: x must be (..., d_model={self.d_model}), got shape {x.shape}")

@@ -1,20 +1,21 @@
-"""The losses of MoE, one paper each. All are differentiable, unweighted (the layers
-multiply by their coefficients) and averaged over tokens.
+"""The losses of MoE, one paper each. All are differentiable and unweighted (the layers
+multiply by their coefficients). The per-token losses are means over tokens; the
+importance and load losses are CV^2 of per-expert sums, which does not depend on the
+number of tokens either.
 
-How libraries scale the load-balancing loss (ours equals 1 at perfect balance):
+How papers and libraries scale the load-balancing loss (ours equals 1 at perfect balance):
 
-| source                                  | formula                      | at perfect balance |
-|-----------------------------------------|------------------------------|--------------------|
-| tinymoe ``load_balancing_loss``         | E * sum_i f_i P_i            | 1                  |
-| Switch Transformer (paper and code)     | alpha * E * sum_i f_i P_i    | alpha              |
-| GShard code / DeepSeek expert-level     | E * sum_e (c_e / S) m_e      | 1                  |
-| GShard paper's printed formula          | mean_e (c_e / S) m_e         | 1 / E^2            |
-| Mixtral (Hugging Face helper)           | E * sum_i (count_i / N) P_i  | k (f counts k choices per token) |
+| source                               | formula                                     | at perfect balance |
+|--------------------------------------|---------------------------------------------|--------------------|
+| tinymoe ``load_balancing_loss``      | E * sum_i f_i P_i                           | 1                  |
+| Switch Transformer (paper and code)  | alpha * E * sum_i f_i P_i  (k = 1)          | alpha              |
+| GShard code                          | E * sum_e (c_e / S) m_e, c_e first choices  | 1                  |
+| GShard paper's printed formula       | mean_e (c_e / S) m_e                        | 1 / E^2            |
+| DeepSeekMoE expert-level             | sum_i f'_i P_i, f'_i = E/(kT) count_i       | 1 (same as ours)   |
+| Mixtral (Hugging Face helper)        | E * sum_i (count_i / N) P_i, k counts/token | k                  |
 
 (f_i: share of the N*k assignments that went to expert i; P_i: mean router probability.)
 """
-
-from __future__ import annotations
 
 from tinymoe import functional as F
 from tinymoe.backend import array_module

@@ -142,7 +142,7 @@ class NoisyTopKRouter(Router):
         noisy = clean
         if self.training and self.noisy:
             std = F.softplus(F.matmul(router_precision(x), self.w_noise))
-            eps = _draw(x.device, noise, clean.shape, "normal")
+            eps = _draw(x.device, noise, clean.shape, "normal").astype(clean.dtype)  # float64 draws
             noisy = clean + eps * std
             extras.update(noisy_logits=noisy, noise_std=std)
         values, index = F.topk(noisy, self.k)
