@@ -73,6 +73,10 @@ class LogSumExp(Function):
         return (g * self.p,)
 
 
+class NonFiniteError(ValueError):
+    """NaN or infinity where a finite number is needed (a diverged model)."""
+
+
 class CrossEntropy(Function):
     """Mean over positions of -log softmax(logits)[target]; logits (..., C), targets (...) int.
 
@@ -95,7 +99,7 @@ class CrossEntropy(Function):
             )
         bad = int((~xp.isfinite(logits)).sum())
         if bad:
-            raise ValueError(
+            raise NonFiniteError(
                 f"cross_entropy: the logits contain {bad} NaN/inf value(s); the model has diverged "
                 "(lower the learning rate, clip gradients) or its input is bad"
             )
