@@ -151,11 +151,23 @@ def make_plan(expert_index, n_experts: int, capacity: int | None = None, dropped
     return Plan(order, counts, offsets, row.reshape(n, k), dropped, n_experts, capacity)
 
 
+def _rows_of_slots(rows, plan: Plan):
+    """(N, k, d): the buffer row of every (token, choice) slot, zeros where it was dropped.
+
+    One gather (no zero-filled buffer and scatter): a dropped slot reads row 0, then is zeroed."""
+    xp = array_module(rows)
+    if rows.shape[0] == 0:  # every slot dropped (dropless plan): nothing to read
+        return xp.zeros((*plan.row.shape, rows.shape[-1]), rows.dtype)
+    out = xp.take(rows, xp.where(plan.dropped, 0, plan.row), axis=0)
+    out[plan.dropped] = 0
+    return out
+
+
 class Permute(Function):
     """xs[r] = x[token of row r]: each token row copied once per kept choice.
 
     Backward: each token sums the gradients of its copies. A token has at most k copies,
-    so the sum is a reshape to (N, k, d) and a sum over k: no scatter-add needed.
+    so gather each slot's row of the gradient, (N, k, d), and sum over k: no scatter-add.
     """
 
     def __init__(self, plan: Plan):
@@ -163,18 +175,15 @@ class Permute(Function):
 
     def forward(self, x):
         plan, xp = self.plan, array_module(x)
-        tokens = plan.order // plan.k
+        copies = xp.take(x, plan.order // plan.k, axis=0)  # the token of every kept slot, buffer order
         if plan.capacity is None:
-            return x[tokens]
+            return copies
         xs = xp.zeros((plan.n_rows, x.shape[-1]), x.dtype)  # padding rows stay zero
-        xs[plan.row.reshape(-1)[plan.order]] = x[tokens]
+        xs[plan.row.reshape(-1)[plan.order]] = copies
         return xs
 
     def backward(self, g):
-        plan, xp = self.plan, array_module(g)
-        per_slot = xp.zeros((plan.n_tokens * plan.k, g.shape[-1]), g.dtype)
-        per_slot[plan.order] = g if plan.capacity is None else g[plan.row.reshape(-1)[plan.order]]
-        return (per_slot.reshape(plan.n_tokens, plan.k, -1).sum(axis=1),)
+        return (_rows_of_slots(g, self.plan).sum(axis=1),)
 
 
 class Unpermute(Function):
@@ -188,22 +197,20 @@ class Unpermute(Function):
         self.plan = plan
 
     def forward(self, ys, weight):
-        plan, xp = self.plan, array_module(ys)
-        n, k = plan.row.shape
-        kept_slots = plan.order
-        # the expert outputs back in (token, choice) slots; dropped slots stay zero
-        self.gathered = xp.zeros((n * k, ys.shape[-1]), ys.dtype)
-        self.gathered[kept_slots] = ys[plan.row.reshape(-1)[kept_slots]]
-        self.gathered = self.gathered.reshape(n, k, -1)
+        xp = array_module(ys)
+        self.gathered = _rows_of_slots(ys, self.plan)  # the expert outputs back in (token, choice) slots
         self.weight = weight
-        return (self.gathered * weight[..., None]).sum(axis=1)
+        return xp.einsum("nk,nkd->nd", weight, self.gathered)  # no (N, k, d) temporary
 
     def backward(self, g):
         plan, xp = self.plan, array_module(g)
-        g_weight = (self.gathered * g[:, None, :]).sum(axis=-1)
-        per_slot = (self.weight[..., None] * g[:, None, :]).reshape(plan.n_tokens * plan.k, -1)
-        g_ys = xp.zeros((plan.n_rows, g.shape[-1]), g.dtype)
-        g_ys[plan.row.reshape(-1)[plan.order]] = per_slot[plan.order]
+        g_weight = xp.einsum("nkd,nd->nk", self.gathered, g)  # <ys[row(n, j)], g_n>, 0 where dropped
+        kept = plan.order
+        per_row = self.weight.reshape(-1)[kept, None] * xp.take(g, kept // plan.k, axis=0)  # buffer order
+        if plan.capacity is None:  # dropless: the kept slots are the buffer's rows, in order
+            return per_row, g_weight
+        g_ys = xp.zeros((plan.n_rows, g.shape[-1]), per_row.dtype)  # padding rows get no gradient
+        g_ys[plan.row.reshape(-1)[kept]] = per_row
         return g_ys, g_weight
 
 
