@@ -282,3 +282,14 @@ def test_train_val_split_is_a_contiguous_cut():
     assert len(train) == 900 and np.array_equal(np.concatenate([train, val]), ids)
     with pytest.raises(ValueError):
         data.train_val_split(ids, 1.0)
+
+
+def test_the_jacobs_experiment_runs_from_one_function():
+    from tinymoe.models.vowel import BackpropNet, VowelMixture, jacobs_experiment
+
+    rows = jacobs_experiment(n_runs=1, max_epochs=60, lr=0.3,
+                             systems={"4 experts": lambda: VowelMixture(4), "BP 6": lambda: BackpropNet(6)})
+    assert [r["system"] for r in rows] == ["4 experts", "BP 6"]
+    for r in rows:
+        assert 0.25 < r["train_acc"] <= 1 and 0.25 < r["test_acc"] <= 1  # better than chance after 60 epochs
+    assert 1 <= rows[0]["experts_in_use"] <= 4 and rows[1]["experts_in_use"] is None

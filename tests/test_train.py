@@ -133,5 +133,6 @@ def test_the_main_job_runs_and_writes_plots(tmp_path, capsys):
     main(["--config", "switch", "--steps", "3", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert "val loss" in out and "switch" in out
-    for name in ["loss.png", "expert_load.png", "load_histogram.png", "expert_by_domain.png", "checkpoint.npz"]:
+    for name in ["loss.png", "expert_load.png", "load_histogram.png", "expert_by_domain.png", "routing_map.png",
+                 "checkpoint.npz"]:
         assert (tmp_path / name).exists(), name

@@ -16,7 +16,21 @@ import os
 import numpy as np
 
 from tinymoe import viz
+from tinymoe.tensor import no_grad
 from tinymoe.train import CONFIGS, DESCRIPTIONS, expert_by_domain, get_config, summary_table, train
+
+
+def routing_map_figure(run, n_chars: int = 256):
+    """The first validation characters, coloured by their first-choice expert in layer 0."""
+    ids = run.corpus.val_ids[: min(n_chars, run.config.context)]
+    moe = run.model.moe_layers()[0]
+    run.model.eval()
+    with no_grad():
+        run.model(ids[None, :])
+    run.model.train()
+    first = moe.last_routing.expert_index[:, 0][:: len(moe.last_routing.expert_index) // len(ids)]
+    return viz.routing_map(run.corpus.vocab.decode(ids), first, moe.n_experts, width=32,
+                           title=f"{run.config.name}: first-choice expert of each character (layer 0)")
 
 
 def main(argv=None) -> None:
@@ -54,6 +68,7 @@ def main(argv=None) -> None:
         table = expert_by_domain(run)
         if table is not None:
             figures["expert_by_domain.png"] = viz.expert_domain_heatmap(table, run.corpus.domain_names)
+        figures["routing_map.png"] = routing_map_figure(run)
     for name, figure in figures.items():
         figure.savefig(os.path.join(out, name), dpi=120)
     print(f"\nplots and checkpoint in {out}/: {', '.join(figures)}, checkpoint.npz")

@@ -67,7 +67,7 @@ def routing_map(text: str, experts, n_experts: int, width: int = 64, title: str 
     rows = (len(text) + width - 1) // width
     grid = np.full((rows, width), np.nan)
     grid.flat[: len(experts)] = experts
-    fig, ax = plt.subplots(figsize=(width / 6, rows / 2.5 + 1))
+    fig, ax = plt.subplots(figsize=(max(4.0, width / 5) + 1.5, rows / 2.5 + 1))  # + room for the legend
     cmap = plt.get_cmap("tab10" if n_experts <= 10 else "tab20", n_experts)
     ax.imshow(grid, cmap=cmap, vmin=-0.5, vmax=n_experts - 0.5, aspect="auto")
     for i, ch in enumerate(text):

@@ -121,3 +121,11 @@ def test_experts_reject_bad_arguments(kwargs, message):
     args = dict(n_experts=4, d_model=6, d_hidden=8) | kwargs
     with pytest.raises(ValueError, match=message):
         Experts(**args)
+
+
+def test_grouped_matmul_checks_its_offsets():
+    from tinymoe.moe import grouped_matmul
+
+    xs, w = tm.tensor(np.ones((5, 2))), tm.tensor(np.ones((2, 2, 3)))
+    with pytest.raises(ValueError, match="offsets must run from 0 to the 5 rows in 3 steps"):
+        grouped_matmul(xs, w, np.array([0, 2, 4]))  # one row uncovered

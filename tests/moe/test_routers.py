@@ -246,3 +246,8 @@ def test_drawn_noise_keeps_float32_routers_in_float32():
     router = NoisyTopKRouter(3, 4, k=2)
     r = router(tm.tensor(np.ones((2, 3), np.float32)))  # noise drawn by the library (float64)
     assert r.extras["noisy_logits"].dtype == np.float32 and r.weight.dtype == np.float32
+
+
+def test_numpy_integer_k_is_accepted():
+    router = TopKRouter(3, 4, k=np.int64(2))
+    assert router(tokens([[1.0, 2.0, 3.0]])).expert_index.shape == (1, 2)

@@ -235,7 +235,7 @@ def dense_moe(x: Tensor, expert_index, weight, expert_fn, n_experts: int, droppe
 
     y_n = sum over kept slots (n, j) of weight[n, j] * expert_fn(expert_index[n, j], x_n).
     Slow but obviously right; every dispatcher is tested against it (and lesson 08 starts
-    here).
+    here). ``expert_fn(e, rows)`` must map (n, d) to (n, d), as the experts of an MoE layer do.
     """
     xp = array_module(expert_index)
     kept = ~dropped if dropped is not None else xp.ones(expert_index.shape, bool)

@@ -44,6 +44,9 @@ class GroupedMatmul(Function):
 
     def forward(self, xs, w):
         xp = array_module(xs)
+        if len(self.offsets) != w.shape[0] + 1 or self.offsets[0] != 0 or self.offsets[-1] != xs.shape[0]:
+            raise ValueError(f"grouped_matmul: offsets must run from 0 to the {xs.shape[0]} rows in "
+                             f"{w.shape[0] + 1} steps (one group per expert), got {self.offsets}")
         self.xs, self.w = xs, w
         out = xp.empty((xs.shape[0], w.shape[-1]), dtype=xp.result_type(xs, w))
         for e, (start, end) in enumerate(zip(self.offsets[:-1], self.offsets[1:], strict=True)):

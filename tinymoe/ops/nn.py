@@ -8,6 +8,8 @@ max before ``exp``, and log_softmax is ``x - logsumexp(x)``, never ``log(softmax
 
 from __future__ import annotations
 
+import numpy as np
+
 from tinymoe import backend
 from tinymoe.backend import array_module
 from tinymoe.ops.elementwise import mul
@@ -130,8 +132,9 @@ class TopK(Function):
     def forward(self, x):
         xp = array_module(x)
         n = x.shape[self.axis]
-        if not isinstance(self.k, int) or not 1 <= self.k <= n:
+        if not isinstance(self.k, (int, np.integer)) or not 1 <= self.k <= n:
             raise ValueError(f"topk: k must be an integer in [1, {n}] (the axis size), got {self.k!r}")
+        self.k = int(self.k)
         # A stable sort of -x keeps equal values in index order: the same tie-break on every
         # backend (argpartition would be faster but its order among ties is unspecified).
         self.indices = xp.argsort(-x, axis=self.axis, kind="stable").take(
