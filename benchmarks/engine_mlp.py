@@ -13,16 +13,15 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
-import time
 
-os.environ.setdefault("OMP_NUM_THREADS", "2")  # before NumPy loads its BLAS
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "2")
+# isort: off
+from timing import median_ms  # first: it sets two BLAS threads before NumPy loads
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-import tinymoe as tm  # noqa: E402
-from tinymoe import functional as F  # noqa: E402
+import tinymoe as tm
+from tinymoe import functional as F
+# isort: on
 
 
 def make_weights(width: int, layers: int, seed: int = 0):
@@ -66,21 +65,6 @@ def tinymoe_step(x, target, params):
     loss = F.mse_loss(h, target)
     loss.backward()
     return loss
-
-
-def median_ms(fns, repeats: int, warmup: int = 3) -> list[float]:
-    """Median wall time of each function in ms, timed in turns (a, b, a, b, ...) so that a
-    change in machine load during the run affects all of them alike."""
-    for _ in range(warmup):
-        for fn in fns:
-            fn()
-    times = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, bucket in zip(fns, times, strict=True):
-            start = time.perf_counter()
-            fn()
-            bucket.append(time.perf_counter() - start)
-    return [1000 * statistics.median(bucket) for bucket in times]
 
 
 def main() -> None:

@@ -23,16 +23,15 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
-import time
 
-os.environ.setdefault("OMP_NUM_THREADS", "2")  # before NumPy loads its BLAS
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "2")
+# isort: off
+from timing import median_ms  # first: it sets two BLAS threads before NumPy loads
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-import tinymoe as tm  # noqa: E402
-from tinymoe.moe import TopKMoE, make_plan  # noqa: E402
+import tinymoe as tm
+from tinymoe.moe import TopKMoE, make_plan
+# isort: on
 
 try:  # optional: torch is not a dependency of tinymoe
     import torch
@@ -140,24 +139,6 @@ class TorchTopKMoE:
         return y
 
 
-# --------------------------------------------------------------------------- timing
-
-
-def median_ms(fns, repeats: int, warmup: int = 2) -> list[float]:
-    """Median wall time of each function in ms, timed in turns (a, b, a, b, ...) so that a
-    change in machine load during the run affects all of them alike."""
-    for _ in range(warmup):
-        for fn in fns:
-            fn()
-    times = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, bucket in zip(fns, times, strict=True):
-            start = time.perf_counter()
-            fn()
-            bucket.append(time.perf_counter() - start)
-    return [1000 * statistics.median(bucket) for bucket in times]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=4096)
@@ -218,7 +199,7 @@ def main() -> None:
         names.append(f"PyTorch {torch.__version__} eager")
         fns.append(lambda: torch_layer.step(x_t, g_t))
 
-    times = median_ms(fns, args.repeats)
+    times = median_ms(fns, args.repeats, warmup=2)
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, numpy {np.__version__}, "
         f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}"
