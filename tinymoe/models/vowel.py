@@ -89,7 +89,8 @@ def jacobs_experiment(n_runs: int = 5, criterion: float = 0.88, max_epochs: int 
     """Jacobs et al. (1991), Table 1, at our scale: for each system and ``n_runs`` seeds,
     train on the 50 training speakers until ``criterion`` training accuracy, then report
     the epochs it took (mean, sd over runs that reached it), train/test accuracy, and for
-    mixtures how many experts keep a mixing proportion above 1%.
+    mixtures how many experts have a mixing proportion above 1% when training stops (at
+    the criterion: experts die out later, so lesson 01 trains on to show that).
 
     The paper used 25 runs. Ours: the criterion, the learning rate, momentum, and inputs
     standardised with the training set's mean and deviation (with raw kHz values the
