@@ -24,15 +24,31 @@ residual connection around the layer carries those tokens).
 This file is the NumPy reference ("spec"); the CuPy kernels of the GPU path must
 reproduce it exactly. ``dense_moe`` is the naive per-expert loop, the oracle the tests
 compare every dispatcher with.
+
+The GPU path. When the arrays are CuPy arrays, each step runs our CUDA kernels
+(``tinymoe/kernels``, lesson 09) instead of the array code below: ``make_plan`` a counting
+sort (plan.cu), ``permute`` one read of each token row and k 16-byte-wide writes
+(permute.cu), ``unpermute`` one block per token summing in fp32 without atomics (combine.cu),
+and the routers' softmax/sigmoid + top-k one fused kernel (router.cu, via ``fused_topk``).
+The array code stays as the readable reference, and runs on CuPy too where no kernel applies
+or inside ``tinymoe.kernels.disabled()``.
+
+Host synchronisation on the GPU path (the CPU waiting for the GPU to read a number back):
+none in capacity mode; one in dropless mode, where the buffer has as many rows as kept
+slots and ``make_plan`` reads that count back (with a flag for out-of-range expert ids, so
+that they raise as on the CPU). The experts' grouped matmul reads the offsets back too,
+since each expert's ``cupy.matmul`` needs its slice bounds on the host.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from fractions import Fraction
 
+import numpy as np
+
 from tinymoe import functional as F
+from tinymoe import kernels
 from tinymoe.backend import array_module
 from tinymoe.tensor import Function, Tensor
 
@@ -45,7 +61,6 @@ def capacity(capacity_factor: float, n_tokens: int, n_experts: int, k: int = 1) 
     return max(1, math.ceil(Fraction(str(capacity_factor)) * k * n_tokens / n_experts))
 
 
-@dataclass
 class Plan:
     """Where every (token, choice) slot goes. Arrays are NumPy or CuPy, like the input.
 
@@ -55,15 +70,25 @@ class Plan:
     row:      (N, k) the buffer row of each slot, -1 where dropped
     dropped:  (N, k) bool
     capacity: rows per expert in capacity mode, None when dropless
+
+    On the GPU in capacity mode, ``order`` is cut to its length R only when first asked
+    for (reading R back from the GPU): the kernels never need it, they use ``row``.
     """
 
-    order: object
-    counts: object
-    offsets: object
-    row: object
-    dropped: object
-    n_experts: int
-    capacity: int | None
+    def __init__(self, order, counts, offsets, row, dropped, n_experts: int, capacity: int | None):
+        self._order = order  # an array, or a function that makes it (GPU capacity mode)
+        self.counts, self.offsets, self.row, self.dropped = counts, offsets, row, dropped
+        self.n_experts, self.capacity = n_experts, capacity
+
+    @property
+    def order(self):
+        if callable(self._order):
+            self._order = self._order()
+        return self._order
+
+    def __repr__(self):
+        return (f"Plan(n_tokens={self.n_tokens}, k={self.k}, n_experts={self.n_experts}, "
+                f"capacity={self.capacity}, n_rows={self.n_rows})")
 
     @property
     def n_tokens(self) -> int:
@@ -108,6 +133,8 @@ def capacity_drop(expert_index, n_experts: int, capacity: int, dropped=None):
     in ``dropped`` (already dropped by the router) take no place.
     """
     xp = array_module(expert_index)
+    if xp is not np and kernels.plan_applies(expert_index, n_experts):  # GPU: plan.cu, phases 1, 2, drop
+        return kernels.capacity_drop(expert_index, n_experts, capacity, dropped)
     n, k = expert_index.shape
     dropped = xp.zeros((n, k), bool) if dropped is None else dropped
     ids = xp.where(dropped, n_experts, expert_index).T.reshape(-1)  # choice-major order
@@ -126,12 +153,14 @@ def make_plan(expert_index, n_experts: int, capacity: int | None = None, dropped
     xp = array_module(expert_index)
     if expert_index.ndim != 2:
         raise ValueError(f"make_plan: expert_index must be (N, k), got shape {tuple(expert_index.shape)}")
+    if capacity is not None and capacity < 1:
+        raise ValueError(f"make_plan: capacity must be >= 1, got {capacity}")
+    if xp is not np and kernels.plan_applies(expert_index, n_experts):
+        return _make_plan_on_gpu(expert_index, n_experts, capacity, dropped)
     if expert_index.size:
         low, high = int(expert_index.min()), int(expert_index.max())
         if low < 0 or high >= n_experts:
             raise ValueError(f"make_plan: expert ids must lie in [0, {n_experts}), got {low if low < 0 else high}")
-    if capacity is not None and capacity < 1:
-        raise ValueError(f"make_plan: capacity must be >= 1, got {capacity}")
     n, k = expert_index.shape
     if capacity is not None:
         dropped = capacity_drop(expert_index, n_experts, capacity, dropped)
@@ -149,6 +178,24 @@ def make_plan(expert_index, n_experts: int, capacity: int | None = None, dropped
     row = xp.full(n * k, -1, dtype=rows.dtype)
     row[order] = rows
     return Plan(order, counts, offsets, row.reshape(n, k), dropped, n_experts, capacity)
+
+
+def _make_plan_on_gpu(expert_index, n_experts: int, capacity, dropped) -> Plan:
+    """The same plan from plan.cu's counting sort (tinymoe/kernels/plan.cu).
+
+    Dropless: one host sync, reading back the number of kept slots (the buffer's rows) and
+    the out-of-range-id flag. Capacity mode: none; out-of-range ids are not reported there
+    (a check would be a sync) but are safe: such a slot is dropped and no kernel addresses
+    memory with it."""
+    a = kernels.make_plan(expert_index, n_experts, capacity, dropped)
+    if capacity is None:
+        cupy = array_module(a.offsets)
+        n_kept, invalid = (int(v) for v in cupy.concatenate([a.offsets[-1:], a.invalid]).get())  # the sync
+        if invalid:
+            raise ValueError(f"make_plan: expert ids must lie in [0, {n_experts}), got ids outside it")
+        return Plan(a.order[:n_kept], a.counts, a.offsets, a.row, a.dropped, n_experts, None)
+    order, offsets = a.order, a.offsets
+    return Plan(lambda: order[: int(offsets[-1])], a.counts, a.offsets, a.row, a.dropped, n_experts, capacity)
 
 
 def _rows_of_slots(rows, plan: Plan):
@@ -175,6 +222,8 @@ class Permute(Function):
 
     def forward(self, x):
         plan, xp = self.plan, array_module(x)
+        if xp is not np and kernels.rows_apply(x):  # GPU: permute.cu, each token row read once
+            return kernels.permute(x, plan.row, plan.n_rows, plan.counts, plan.capacity)
         copies = xp.take(x, plan.order // plan.k, axis=0)  # the token of every kept slot, buffer order
         if plan.capacity is None:
             return copies
@@ -183,6 +232,8 @@ class Permute(Function):
         return xs
 
     def backward(self, g):
+        if array_module(g) is not np and kernels.rows_apply(g):  # GPU: permute.cu, gather and sum
+            return (kernels.permute_backward(g, self.plan.row),)
         return (_rows_of_slots(g, self.plan).sum(axis=1),)
 
 
@@ -198,12 +249,16 @@ class Unpermute(Function):
 
     def forward(self, ys, weight):
         xp = array_module(ys)
+        self.ys, self.weight, self.gathered = ys, weight, None
+        if xp is not np and kernels.rows_apply(ys, weight):  # GPU: combine.cu, one block per token
+            return kernels.unpermute(ys, self.plan.row, weight)
         self.gathered = _rows_of_slots(ys, self.plan)  # the expert outputs back in (token, choice) slots
-        self.weight = weight
         return xp.einsum("nk,nkd->nd", weight, self.gathered)  # no (N, k, d) temporary
 
     def backward(self, g):
         plan, xp = self.plan, array_module(g)
+        if self.gathered is None:  # the forward ran combine.cu: so does the backward
+            return kernels.unpermute_backward(g, self.ys, plan.row, self.weight, plan.counts, plan.capacity)
         g_weight = xp.einsum("nkd,nd->nk", self.gathered, g)  # <ys[row(n, j)], g_n>, 0 where dropped
         kept = plan.order
         per_row = self.weight.reshape(-1)[kept, None] * xp.take(g, kept // plan.k, axis=0)  # buffer order
@@ -212,6 +267,54 @@ class Unpermute(Function):
         g_ys = xp.zeros((plan.n_rows, g.shape[-1]), per_row.dtype)  # padding rows get no gradient
         g_ys[plan.row.reshape(-1)[kept]] = per_row
         return g_ys, g_weight
+
+
+class RouterScores(Function):
+    """The router's scores, already computed by the fused kernel: softmax or sigmoid of the
+    logits. Backward: softmax p (g - sum g p), sigmoid g p (1 - p) (the balance losses' path)."""
+
+    def __init__(self, scores, score: str):
+        self.scores, self.score = scores, score
+
+    def forward(self, logits):
+        return self.scores
+
+    def backward(self, g):
+        p = self.scores
+        if self.score == "sigmoid":
+            return (g * p * (1 - p),)
+        return (p * (g - (g * p).sum(axis=-1, keepdims=True)),)
+
+
+class RouterWeights(Function):
+    """The combine weights from the fused kernel; backward: router.cu's d logits from d weight
+    (through the chosen scores, the renormalisation and the scale; never through the choice)."""
+
+    def __init__(self, scores, index, weight, score: str, normalize: bool, scale: float, eps: float):
+        self.scores, self.index, self.weight = scores, index, weight
+        self.options = dict(score=score, normalize=normalize, scale=scale, eps=eps)
+
+    def forward(self, logits):
+        return self.weight
+
+    def backward(self, g):
+        return (kernels.router_topk_backward(self.scores, self.index, g, **self.options),)
+
+
+def fused_topk(logits: Tensor, k: int, score: str = "softmax", normalize: bool = True, scale: float = 1.0,
+               bias=None, eps: float = 0.0):
+    """Scores, top-k and weights of a router in one GPU kernel (router.cu), or None where it
+    does not apply (NumPy arrays, E > 256, k > 32, kernels disabled): the router then runs its
+    reference ops. Returns (probs Tensor (N, E), index (N, k) int64 array, weight Tensor (N, k)).
+
+    Mirrors the routers: scores = softmax or sigmoid; the k largest of scores + bias (ties to
+    the lowest index); weight = chosen scores, / (their sum + eps) if normalize, * scale."""
+    if not kernels.router_applies(logits.data, k):
+        return None
+    scores, index, weight = kernels.router_topk(logits.data, k, score, normalize, scale, bias, eps)
+    probs = RouterScores(scores, score)(logits)
+    weight = RouterWeights(scores, index, weight, score, normalize, scale, eps)(logits)
+    return probs, index, weight
 
 
 def permute(x: Tensor, plan: Plan) -> Tensor:

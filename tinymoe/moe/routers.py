@@ -20,7 +20,7 @@ import numpy as np
 from tinymoe import backend
 from tinymoe import functional as F
 from tinymoe.backend import array_module
-from tinymoe.moe.dispatch import capacity, capacity_drop
+from tinymoe.moe.dispatch import capacity, capacity_drop, fused_topk
 from tinymoe.nn.layers import normal
 from tinymoe.nn.module import Module, Parameter
 from tinymoe.tensor import Tensor
@@ -171,7 +171,15 @@ class TopKRouter(Router):
         return logits, F.softmax(logits, axis=-1)
 
     def forward(self, x, noise=None, uniform=None):
-        logits, probs = self.scores(x)
+        if type(self).scores is TopKRouter.scores:  # plain softmax scores: on a GPU, one fused kernel
+            logits = self.logits(x)
+            fused = fused_topk(logits, self.k, "softmax", self.normalize)  # None on the CPU
+            if fused is not None:
+                probs, index, weight = fused
+                return Routing(logits, probs, index, weight, _no_drops(index))
+            probs = F.softmax(logits, axis=-1)
+        else:
+            logits, probs = self.scores(x)
         weight, index = F.topk(probs, self.k)
         if self.normalize:
             weight = weight / F.sum(weight, axis=-1, keepdims=True)
@@ -274,6 +282,11 @@ class DeepSeekRouter(Router):
 
     def forward(self, x, noise=None, uniform=None):
         logits = self.logits(x)
+        if self.n_group == 1:  # on a GPU, one fused kernel (None on the CPU)
+            fused = fused_topk(logits, self.k, self.score, self.normalize, self.routed_scale, self.bias.data, 1e-20)
+            if fused is not None:
+                scores, index, weight = fused
+                return Routing(logits, scores, index, weight, _no_drops(index))
         scores = F.softmax(logits, axis=-1) if self.score == "softmax" else F.sigmoid(logits)
         xp = array_module(scores.data)
         choose = scores.data + self.bias.data  # selection only: no gradient, weights stay unbiased
