@@ -136,3 +136,9 @@ def test_the_main_job_runs_and_writes_plots(tmp_path, capsys):
     for name in ["loss.png", "expert_load.png", "load_histogram.png", "expert_by_domain.png", "routing_map.png",
                  "checkpoint.npz"]:
         assert (tmp_path / name).exists(), name
+
+
+def test_mh_moe_passes_its_other_layer_args_to_the_inner_layer():
+    config = tiny("mh-moe", layer_args={"n_heads": 4, "aux_weight": 0.0, "router": "cosine"})
+    layer = training.make_layer(config)
+    assert layer.inner.aux_weight == 0.0 and type(layer.inner.router).__name__ == "CosineRouter"

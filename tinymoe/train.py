@@ -136,8 +136,8 @@ def make_layer(config: Config, d_model: int | None = None):
     if config.layer == "expert-choice":
         return ExpertChoiceMoE(d, f, e, **args)
     if config.layer == "mh-moe":
-        heads = args["n_heads"]
-        return MHMoE(d, heads, TopKMoE(d // heads, f // heads, e, k))
+        heads, inner_args = args["n_heads"], {name: v for name, v in args.items() if name != "n_heads"}
+        return MHMoE(d, heads, TopKMoE(d // heads, f // heads, e, k, **inner_args))  # the rest: the inner layer's
     raise ValueError(f"unknown layer family {config.layer!r}")
 
 

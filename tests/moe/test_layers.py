@@ -1,6 +1,8 @@
 """MoE layers: float64 gradients of every layer, the bug classes popular tutorials ship
 (one test each), and clear errors for bad arguments."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -146,6 +148,18 @@ def test_deepseek_update_bias_after_a_step_rebalances():
     layer.update_bias()
     np.testing.assert_allclose(layer.router.bias.data, 0.1 * np.sign(load.mean() - load))
     assert "bias" in layer.state_dict().__repr__() or "router.bias" in layer.state_dict()
+
+
+def test_deepseek_expert_level_loss_on_sigmoid_scores_cannot_fall_by_shrinking_them():
+    # Sigmoid scores do not sum to 1; unnormalised, sum_i f_i P_i would fall by pushing every
+    # score towards 0 (a collapse seen in training) rather than by balancing the experts.
+    layer = DeepSeekMoE(D, 4, 4, k=1, n_shared=0, score="sigmoid", n_group=2, bias_update=0, seq_aux_weight=0,
+                        aux_weight=1.0, device_aux_weight=1.0)
+    layer(randn(8, D, dtype=np.float64))
+    r = layer.last_routing
+    small = dataclasses.replace(r, probs=r.probs * 0.01)
+    for name, value in layer.aux_losses(r, randn(8, D)).items():
+        np.testing.assert_allclose(layer.aux_losses(small, randn(8, D))[name].data, value.data, rtol=1e-12)
 
 
 def test_expert_choice_gives_every_expert_its_capacity():

@@ -189,16 +189,20 @@ class DeepSeekMoE(SparseMoE):
         self.seq_aux_weight, self.aux_weight, self.device_aux_weight = seq_aux_weight, aux_weight, device_aux_weight
 
     def aux_losses(self, routing, x):
-        aux, index = {}, routing.expert_index
+        aux, index, probs = {}, routing.expert_index, routing.probs
+        if self.router.score == "sigmoid" and (self.aux_weight or self.device_aux_weight):
+            # sigmoid scores do not sum to 1: normalise them per token, as V3 does (eq. 19), or
+            # sum_i f_i P_i falls by shrinking every score towards 0 instead of by balancing
+            probs = probs / F.sum(probs, axis=-1, keepdims=True)
         if self.seq_aux_weight:
             seq_len = x.shape[-2] if x.ndim >= 3 else index.shape[0]  # (B, T, d): T tokens a sequence
             aux["sequence"] = self.seq_aux_weight * losses.sequence_balance_loss(
                 routing.probs, index, self.n_experts, seq_len)
         if self.aux_weight:
-            aux["balance"] = self.aux_weight * losses.load_balancing_loss(routing.probs, index, self.n_experts)
+            aux["balance"] = self.aux_weight * losses.load_balancing_loss(probs, index, self.n_experts)
         if self.device_aux_weight:
             aux["device"] = self.device_aux_weight * losses.device_balance_loss(
-                routing.probs, index, self.n_experts, self.router.n_group)
+                probs, index, self.n_experts, self.router.n_group)
         return aux
 
     def update_bias(self) -> None:
