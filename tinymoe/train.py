@@ -71,7 +71,7 @@ class Config:
 CONFIGS = {
     c.name: c
     for c in [
-        Config("dense", layer=None, d_hidden=256),  # the FFN as wide as two experts: equal active params
+        Config("dense", layer=None, d_hidden=256),  # as wide as two 128-wide experts (active params: lesson 04)
         Config("mixtral", layer="topk"),
         Config("noisy-topk", layer="noisy-topk", model="lstm", layer_args={"activation": "relu"}),
         Config("gshard", layer="gshard", layer_args={"capacity_factor": 1.0}),
@@ -94,7 +94,7 @@ CONFIGS = {
 }
 
 DESCRIPTIONS = {
-    "dense": "no MoE: a dense FFN as wide as the k active experts together",
+    "dense": "no MoE: one gelu FFN of width 256, as wide as two 128-wide experts together",
     "mixtral": "top-2 of 8 SwiGLU experts, renormalised (Mixtral), balance loss 0.01",
     "noisy-topk": "LSTM -> noisy top-2 MoE -> LSTM (Shazeer et al. 2017), importance + load losses",
     "gshard": "top-2, capacity factor 1.0, random second expert (GShard)",
