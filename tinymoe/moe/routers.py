@@ -125,7 +125,8 @@ class NoisyTopKRouter(Router):
         H(x)_i = (x W_g)_i + eps_i * softplus((x W_noise)_i),   eps ~ N(0, 1), training only
         G(x)   = softmax(KeepTopK(H(x), k))                      (-inf outside the top k)
 
-    W_g and W_noise start at zero (the paper's init: no signal, no noise, equal gates).
+    W_g and W_noise start at zero (the paper's init: no signal and some noise, since the
+    noise scale is softplus(0) = ln 2; the choice of experts starts out random).
     ``probs`` is G (zeros outside the top k): Importance sums it over the batch.
     """
 
