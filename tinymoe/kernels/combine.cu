@@ -27,27 +27,7 @@ template <typename T, int P>
 __global__ void __launch_bounds__(COMBINE_MAX_THREADS)
 unpermute_combine(const T* __restrict__ ys, const i64* __restrict__ row, const T* __restrict__ weight,
                   T* __restrict__ y, int k, int d) {
-    typedef Pack<T, P> Packed;
-    typedef typename Acc<T>::type A;
-    const int token = blockIdx.x;
-    Packed* out = reinterpret_cast<Packed*>(y + (i64)token * d);
-    for (int p = threadIdx.x; p < d / P; p += blockDim.x) {
-        A sum[P];
-#pragma unroll
-        for (int q = 0; q < P; ++q) sum[q] = A(0);
-        for (int j = 0; j < k; ++j) {
-            const i64 r = row[(i64)token * k + j];
-            if (r < 0) continue;  // a dropped slot adds exactly nothing (its weight is not read)
-            const A w = to_acc(weight[(i64)token * k + j]);
-            const Packed v = reinterpret_cast<const Packed*>(ys + r * d)[p];
-#pragma unroll
-            for (int q = 0; q < P; ++q) sum[q] += w * to_acc(v.v[q]);
-        }
-        Packed result;
-#pragma unroll
-        for (int q = 0; q < P; ++q) result.v[q] = from_acc<T>(sum[q]);
-        out[p] = result;
-    }
+    gather_sum_row<T, P>(ys, row, weight, y + (i64)blockIdx.x * d, blockIdx.x, k, d);
 }
 
 template <typename T, int P>

@@ -97,4 +97,35 @@ __device__ __forceinline__ T warp_max(T x) {
     return x;
 }
 
+// ----------------------------------------------------------------------------- gather-sum
+// out[:] = sum over the kept choices j of token of w[token, j] * rows[row[token, j], :], in fp32
+// registers, stored once (zeros when every choice was dropped). weight == nullptr means w = 1.
+// One block owns the token; its threads stride over the row in Packs. Shared by the weighted
+// combine (combine.cu) and permute's backward, where a token sums the gradients of its copies.
+template <typename T, int P>
+__device__ __forceinline__ void gather_sum_row(const T* __restrict__ rows, const i64* __restrict__ row,
+                                               const T* __restrict__ weight, T* __restrict__ out_row,
+                                               int token, int k, int d) {
+    typedef Pack<T, P> Packed;
+    typedef typename Acc<T>::type A;
+    Packed* out = reinterpret_cast<Packed*>(out_row);
+    for (int p = threadIdx.x; p < d / P; p += blockDim.x) {
+        A sum[P];
+#pragma unroll
+        for (int q = 0; q < P; ++q) sum[q] = A(0);
+        for (int j = 0; j < k; ++j) {
+            const i64 r = row[(i64)token * k + j];
+            if (r < 0) continue;  // a dropped slot adds exactly nothing (its weight is not read)
+            const A w = weight ? to_acc(weight[(i64)token * k + j]) : A(1);
+            const Packed v = reinterpret_cast<const Packed*>(rows + r * d)[p];
+#pragma unroll
+            for (int q = 0; q < P; ++q) sum[q] += w * to_acc(v.v[q]);
+        }
+        Packed result;
+#pragma unroll
+        for (int q = 0; q < P; ++q) result.v[q] = from_acc<T>(sum[q]);
+        out[p] = result;
+    }
+}
+
 #endif  // TINYMOE_COMMON_CUH

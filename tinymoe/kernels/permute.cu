@@ -61,24 +61,6 @@ template <typename T, int P>
 __global__ void __launch_bounds__(PERMUTE_MAX_THREADS)
 permute_backward(const T* __restrict__ grad_xs, const i64* __restrict__ row, T* __restrict__ grad_x,
                  int k, int d) {
-    typedef Pack<T, P> Packed;
-    typedef typename Acc<T>::type A;
-    const int token = blockIdx.x;
-    Packed* out = reinterpret_cast<Packed*>(grad_x + (i64)token * d);
-    for (int p = threadIdx.x; p < d / P; p += blockDim.x) {
-        A sum[P];
-#pragma unroll
-        for (int q = 0; q < P; ++q) sum[q] = A(0);
-        for (int j = 0; j < k; ++j) {
-            const i64 r = row[(i64)token * k + j];
-            if (r < 0) continue;  // a dropped slot has no copy
-            const Packed g = reinterpret_cast<const Packed*>(grad_xs + r * d)[p];
-#pragma unroll
-            for (int q = 0; q < P; ++q) sum[q] += to_acc(g.v[q]);
-        }
-        Packed result;
-#pragma unroll
-        for (int q = 0; q < P; ++q) result.v[q] = from_acc<T>(sum[q]);
-        out[p] = result;  // every element of dx written once, zeros included
-    }
+    // each token sums the gradients of its kept copies; every element of dx is written once
+    gather_sum_row<T, P>(grad_xs, row, nullptr, grad_x + (i64)blockIdx.x * d, blockIdx.x, k, d);
 }
