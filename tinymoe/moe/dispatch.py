@@ -50,6 +50,8 @@ import numpy as np
 from tinymoe import functional as F
 from tinymoe import kernels
 from tinymoe.backend import array_module
+from tinymoe.ops.elementwise import sigmoid_backward
+from tinymoe.ops.nn import softmax_backward
 from tinymoe.tensor import Function, Tensor
 
 
@@ -280,10 +282,9 @@ class RouterScores(Function):
         return self.scores
 
     def backward(self, g):
-        p = self.scores
         if self.score == "sigmoid":
-            return (g * p * (1 - p),)
-        return (p * (g - (g * p).sum(axis=-1, keepdims=True)),)
+            return (sigmoid_backward(self.scores, g),)
+        return (softmax_backward(self.scores, g),)
 
 
 class RouterWeights(Function):

@@ -141,13 +141,18 @@ def _sigmoid(x):
     return 0.5 * (array_module(x).tanh(0.5 * x) + 1)
 
 
+def sigmoid_backward(s, g):
+    """The gradient of x from the gradient g of s = sigmoid(x): g s (1 - s)."""
+    return g * s * (1 - s)
+
+
 class Sigmoid(Function):
     def forward(self, x):
         self.y = _sigmoid(x)
         return self.y
 
-    def backward(self, g):  # s' = s (1 - s)
-        return (g * self.y * (1 - self.y),)
+    def backward(self, g):
+        return (sigmoid_backward(self.y, g),)
 
 
 class Relu(Function):

@@ -28,6 +28,11 @@ def _logsumexp(x, axis):
     return m + xp.log(xp.exp(x - m).sum(axis=axis, keepdims=True))
 
 
+def softmax_backward(p, g, axis=-1):
+    """The gradient of the logits from the gradient g of p = softmax: p_i (g_i - sum_j g_j p_j)."""
+    return p * (g - (g * p).sum(axis=axis, keepdims=True))
+
+
 class Softmax(Function):
     """p_i = e^{x_i} / sum_j e^{x_j}."""
 
@@ -38,9 +43,8 @@ class Softmax(Function):
         self.p = _softmax(x, self.axis)
         return self.p
 
-    def backward(self, g):  # dx_i = p_i (g_i - sum_j g_j p_j)
-        p = self.p
-        return (p * (g - (g * p).sum(axis=self.axis, keepdims=True)),)
+    def backward(self, g):
+        return (softmax_backward(self.p, g, self.axis),)
 
 
 class LogSoftmax(Function):
