@@ -301,14 +301,15 @@ plt.show()
 #
 # The usual array-library way, `y = zeros(...)` then `scatter_add(y, token_of_row, w * ys)`,
 # writes $y$ twice and makes every add an atomic one (several rows of the buffer belong to
-# the same token). The kernel:
+# the same token). The kernel `unpermute_combine` is one call to this device function (in
+# `common.cuh`), which `permute_backward` calls too, with no weights (each weight 1):
 
 # %%
-show_kernel("combine.cu", "unpermute_combine(const T*", 24)
+show_kernel("common.cuh", "__device__ __forceinline__ void gather_sum_row(", 24)
 
 # %% [markdown]
 # The backward kernels have the same layout: `permute_backward` sums a token's $k$ copies'
-# gradients (a gather, again no atomics), and `unpermute_backward` writes
+# gradients (the same gather-sum, again no atomics), and `unpermute_backward` writes
 # $\partial ys_{\mathrm{row}(n,j)} = w_{nj}\, \partial y_n$ and computes the router's signal
 # $\partial w_{nj} = \langle \partial y_n, ys_{\mathrm{row}(n,j)} \rangle$ as a block-wide sum.
 # Their spec is `Permute`/`Unpermute` in `tinymoe/moe/dispatch.py`, the code the CPU runs;
