@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tinymoe import backend
+from tinymoe import backend, validate
 from tinymoe.tensor import Tensor, no_grad
 
 
@@ -46,6 +46,12 @@ def gradcheck(fn, inputs, params=None, eps=1e-6, atol=1e-6, rtol=1e-4, max_rows=
     random numbers (no dropout; pass router noise explicitly), or its outputs will not be
     comparable between calls.
     """
+    eps = validate.real("gradcheck", "eps", eps, 0, None, low_open=True)  # eps = 0 would divide 0 by 0
+    atol = validate.real("gradcheck", "atol", atol, 0)
+    rtol = validate.real("gradcheck", "rtol", rtol, 0)
+    max_rows = validate.integer("gradcheck", "max_rows", max_rows, 1)
+    if not callable(fn):
+        raise TypeError(f"gradcheck: fn must be callable, got {type(fn).__name__}")
     args, checked = [], []
     for name, t in _named(inputs, "input"):  # inputs become fresh float64 leaves: never mutated
         if isinstance(t, Tensor):

@@ -11,7 +11,10 @@ Conventions, as in PyTorch:
 - gradients accumulate into ``.grad`` of leaf tensors (``requires_grad=True`` and not
   produced by an op) until you reset them (``module.zero_grad()`` or ``x.grad = None``);
 - inside ``with no_grad():`` ops record nothing;
-- a Python number combined with a tensor takes the tensor's dtype (float32 stays float32).
+- a Python number combined with a tensor takes the tensor's dtype (float32 stays float32);
+- the graph owns what it saved: editing ``x.data`` in place between forward and backward
+  (``x.data[:] = 0``, ``w.data *= 100``) changes ``x`` but not the gradient of the forward
+  that already ran (see ``Tensor.data``).
 """
 
 from __future__ import annotations
@@ -59,20 +62,43 @@ class Tensor:
         if requires_grad:
             self.requires_grad_(True)
 
+    # -- the array, shared with the graph copy-on-write -----------------------------------
+    @property
+    def data(self):
+        """The array. Read it, write it, assign it: the graph's saved copy stays intact.
+
+        A recorded op keeps references to its input and output arrays for backward (Mul
+        keeps both factors). Had ``x.data[:] = 0`` written into that array, backward would
+        silently use the new values: a wrong gradient. So when a recorded op has saved this
+        array (``_saved``), the first ``.data`` access hands the tensor a fresh copy and
+        leaves the old array to the graph. The tensor changes; the gradient is still the
+        one of the values forward used. Reading costs one copy per tensor per forward, and
+        only for tensors whose ``.data`` is touched (the engine itself reads ``_data``).
+        An alias taken *before* the forward (``a = x.data; y = x * 2; a[:] = 0``) is the
+        graph's array too: such a write is not caught.
+        """
+        if self._saved:
+            self._data, self._saved = self._data.copy(), False
+        return self._data
+
+    @data.setter
+    def data(self, value):
+        self._data, self._saved = value, False
+
     # -- what the tensor is ------------------------------------------------------------
-    shape = property(lambda self: self.data.shape)
-    dtype = property(lambda self: self.data.dtype)
-    ndim = property(lambda self: self.data.ndim)
-    size = property(lambda self: self.data.size)
-    device = property(lambda self: backend.device_of(self.data))
+    shape = property(lambda self: self._data.shape)
+    dtype = property(lambda self: self._data.dtype)
+    ndim = property(lambda self: self._data.ndim)
+    size = property(lambda self: self._data.size)
+    device = property(lambda self: backend.device_of(self._data))
     is_leaf = property(lambda self: self.creator is None)
 
     def __len__(self):
-        return len(self.data)
+        return len(self._data)
 
     def __repr__(self):
         grad = ", requires_grad=True" if self.requires_grad else ""
-        return f"Tensor({self.data!r}, device={self.device!r}{grad})"
+        return f"Tensor({self._data!r}, device={self.device!r}{grad})"
 
     def requires_grad_(self, flag: bool = True) -> Tensor:
         if flag and self.dtype.type not in FLOAT_DTYPES:
@@ -91,13 +117,13 @@ class Tensor:
         return backend.to_numpy(self.data)
 
     def item(self) -> float:
-        return self.data.item()
+        return self._data.item()
 
     def to(self, device: str) -> Tensor:
         """A copy on ``device`` (the same tensor if it is already there); a new leaf."""
         if device == self.device:
             return self
-        return Tensor(backend.to_device(self.data, device), requires_grad=self.requires_grad)
+        return Tensor(backend.to_device(self._data, device), requires_grad=self.requires_grad)
 
     def detach(self) -> Tensor:
         """The same data, cut from the graph: no gradient flows back through it."""
@@ -120,15 +146,15 @@ class Tensor:
                 "backward() on a tensor that does not require grad: no input of the "
                 "computation had requires_grad=True (or it ran inside no_grad())"
             )
-        xp = backend.array_module(self.data)
+        xp = backend.array_module(self._data)
         if grad is None:
             if self.size != 1:
                 raise RuntimeError(
                     f"backward() without a gradient needs a scalar, but this tensor has shape "
                     f"{self.shape}; reduce it first (e.g. loss.sum()) or pass grad of that shape"
                 )
-            grad = xp.ones_like(self.data)
-        grad = grad.data if isinstance(grad, Tensor) else xp.asarray(grad, dtype=self.dtype)
+            grad = xp.ones_like(self._data)
+        grad = grad._data if isinstance(grad, Tensor) else xp.asarray(grad, dtype=self.dtype)
         if grad.shape != self.shape:
             raise ValueError(f"grad has shape {grad.shape}, expected {self.shape}")
 
@@ -141,10 +167,10 @@ class Tensor:
             if t.creator is None:
                 continue
             fn = t.creator
-            for x, gx in zip(fn.inputs, fn.backward(g), strict=True):  # one gradient per input
+            for x, gx in zip(fn.inputs, _input_gradients(fn, g), strict=True):  # one per input
                 if gx is None or not x.requires_grad:
                     continue
-                gx = _sum_to_shape(gx, x.shape).astype(x.dtype, copy=False)
+                gx = _sum_to_shape(gx, x, fn).astype(x.dtype, copy=False)
                 grads[id(x)] = grads[id(x)] + gx if id(x) in grads else gx
 
     # -- operators: each is one op from tinymoe.ops -----------------------------------
@@ -192,16 +218,16 @@ class Tensor:
 
     # comparisons give plain boolean arrays: they have no gradient
     def __lt__(self, other):
-        return self.data < _raw(other)
+        return self._data < _raw(other)
 
     def __le__(self, other):
-        return self.data <= _raw(other)
+        return self._data <= _raw(other)
 
     def __gt__(self, other):
-        return self.data > _raw(other)
+        return self._data > _raw(other)
 
     def __ge__(self, other):
-        return self.data >= _raw(other)
+        return self._data >= _raw(other)
 
     __hash__ = object.__hash__  # tensors are graph nodes: identity, not value
 
@@ -221,6 +247,9 @@ class Tensor:
         return ops.reshape(self, shape[0] if len(shape) == 1 else shape)
 
     def transpose(self, *axes):
+        """``x.transpose(1, 0)`` or ``x.transpose((1, 0))``, as in NumPy; no axes reverses them."""
+        if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
+            axes = tuple(axes[0])
         return ops.transpose(self, axes or None)
 
     def exp(self):
@@ -231,7 +260,7 @@ class Tensor:
 
 
 def _raw(x):
-    return x.data if isinstance(x, Tensor) else x
+    return x._data if isinstance(x, Tensor) else x
 
 
 def _topological_order(root: Tensor) -> list[Tensor]:
@@ -260,11 +289,59 @@ def _topological_order(root: Tensor) -> list[Tensor]:
     return order
 
 
-def _sum_to_shape(g, shape):
-    """Undo broadcasting: sum ``g`` over the axes that broadcasting added or stretched."""
+def _input_gradients(fn: Function, g) -> tuple:
+    """``fn.backward(g)``, checked: one gradient (an array or None) per input.
+
+    A hand-written ``Function`` (lesson 00 teaches writing one) that returns too few
+    gradients, or a bare array where a tuple was meant, gets an error naming the op here
+    instead of a wrong gradient later. As in PyTorch, a one-input op may return the
+    gradient alone rather than a 1-tuple.
+    """
+    grads = fn.backward(g)
+    name, n = type(fn).__name__, len(fn.inputs)
+    if not isinstance(grads, (tuple, list)):
+        if n == 1 and grads is not None and hasattr(grads, "shape"):
+            grads = (grads,)
+        else:
+            raise TypeError(
+                f"{name}.backward must return a tuple with one gradient (or None) per input, "
+                f"{n} in all; got {type(grads).__name__}"
+            )
+    if len(grads) != n:
+        raise ValueError(
+            f"{name}.backward returned {len(grads)} gradient(s) for {n} input(s); return one "
+            "per input of forward, in order (None for an input that has no gradient)"
+        )
+    for i, gx in enumerate(grads):
+        if gx is not None and not hasattr(gx, "shape"):
+            raise TypeError(f"{name}.backward: the gradient of input {i} is a {type(gx).__name__}, not an array")
+    return grads
+
+
+def _sum_to_shape(g, x: Tensor, fn: Function):
+    """Undo broadcasting: sum ``g`` over the axes that broadcasting added or stretched.
+
+    A gradient may be larger than its input only along the axes where forward broadcast
+    that input to the output (``a + b`` with ``b`` of shape (d,) and the output (N, d)).
+    Any other shape is a bug in the op's backward, and summing it away would hide the bug:
+    an extra leading axis or a wrong size is an error naming the op and the input.
+    """
+    shape = x.shape
     if g.shape == shape:
         return g
+    out = fn.output_shape
     lead = g.ndim - len(shape)
+    fits = lead >= 0 and g.ndim <= len(out) and all(
+        n == m or (n == 1 and m == o)
+        for n, m, o in zip(shape, g.shape[lead:], out[len(out) - len(shape) :], strict=True)
+    ) and all(m == o for m, o in zip(g.shape[:lead], out[len(out) - g.ndim :], strict=False))
+    if not fits:
+        index = next(i for i, t in enumerate(fn.inputs) if t is x)
+        raise ValueError(
+            f"{type(fn).__name__}.backward returned a gradient of shape {tuple(g.shape)} for input "
+            f"{index} of shape {tuple(shape)} (output shape {tuple(out)}); it must have the input's "
+            "shape, or the output's along axes where forward broadcast the input"
+        )
     stretched = tuple(i + lead for i, n in enumerate(shape) if n == 1 and g.shape[i + lead] != 1)
     g = g.sum(axis=tuple(range(lead)) + stretched, keepdims=True)
     return g.reshape(shape)
@@ -289,13 +366,15 @@ class Function:
                 f"{type(self).__name__} got tensors on different devices ({', '.join(sorted(devices))}); "
                 "move them to one device first with .to('cpu') or .to('cuda')"
             )
-        like = tensors[0].data if tensors else np.empty(0, np.float32)
+        like = tensors[0]._data if tensors else np.empty(0, np.float32)
         inputs = tuple(x if isinstance(x, Tensor) else _constant(x, like) for x in inputs)
-        out = Tensor(self.forward(*(x.data for x in inputs)))
+        out = Tensor(self.forward(*(x._data for x in inputs)))
         if _grad_enabled and any(x.requires_grad for x in inputs):
             out.requires_grad = True
             out.creator = self
-            self.inputs = inputs
+            self.inputs, self.output_shape = inputs, out.shape
+            for t in (*inputs, out):  # backward may read these arrays: see Tensor.data
+                t._saved = True
         return out
 
     def forward(self, *arrays):
@@ -326,7 +405,7 @@ def tensor(data, requires_grad: bool = False, device: str = "cpu", dtype=None) -
     """
     xp = backend.xp_of(device)
     if isinstance(data, Tensor):
-        data = data.data
+        data = data._data
     if dtype is None and not hasattr(data, "dtype"):
         dtype = np.float32
     array = backend.to_device(data, "cpu") if device == "cpu" else data

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from tinymoe.backend import array_module, special
 from tinymoe.tensor import Function, Tensor
 
@@ -66,7 +68,12 @@ class Div(_Binary):
 
 
 class Pow(_Binary):
-    """``a ** b``; the gradient for the exponent, a^b log a, is formed only when needed."""
+    """``a ** b``; the gradient for the exponent, a^b log a, is formed only when needed.
+
+    At a = 0 the formulas meet 0 * inf; the limits are taken instead (as PyTorch does):
+    d/da = b a^(b-1) is 0 where b = 0 (a^0 = 1 is constant), and d/db = a^b log a is 0
+    where a = 0 and b >= 0 (0^b stays 0, or 1 at b = 0, as b moves).
+    """
 
     def compute(self, a, b):
         self.a, self.b = a, b
@@ -74,10 +81,12 @@ class Pow(_Binary):
         return self.y
 
     def backward(self, g):
-        ga = g * self.b * self.a ** (self.b - 1)
-        gb = None
-        if self.inputs[1].requires_grad:
-            gb = g * self.y * array_module(self.a).log(self.a)
+        xp = array_module(g)
+        with np.errstate(divide="ignore", invalid="ignore"):  # the 0 * inf entries are replaced
+            ga = xp.where(self.b == 0, 0, g * self.b * self.a ** (self.b - 1))
+            gb = None
+            if self.inputs[1].requires_grad:
+                gb = xp.where((self.a == 0) & (self.b >= 0), 0, g * self.y * xp.log(self.a))
         return ga, gb
 
 
@@ -167,7 +176,7 @@ class Relu(Function):
 class Erf(Function):
     def forward(self, x):
         self.x = x
-        return special(array_module(x)).erf(x)
+        return special(array_module(x)).erf(x).astype(x.dtype, copy=False)  # SciPy gives float16 back as float32
 
     def backward(self, g):  # erf'(x) = 2/sqrt(pi) e^(-x^2)
         return (g * (2 / math.sqrt(math.pi)) * array_module(self.x).exp(-self.x * self.x),)
@@ -178,7 +187,8 @@ def _normal_pdf(x):
 
 
 def _normal_cdf(x):
-    return 0.5 * (1 + special(array_module(x)).erf(x / math.sqrt(2)))
+    """Phi(x) in x's dtype (SciPy's erf turns float16 into float32)."""
+    return (0.5 * (1 + special(array_module(x)).erf(x / math.sqrt(2)))).astype(x.dtype, copy=False)
 
 
 class NormalCdf(Function):

@@ -8,6 +8,7 @@ Indices are plain integer arrays (not tensors): they have no gradient.
 from __future__ import annotations
 
 from tinymoe.backend import add_at, array_module
+from tinymoe.ops.axes import normalize_axis
 from tinymoe.tensor import Function, Tensor
 
 
@@ -32,7 +33,7 @@ class Take(Function):
         self.index, self.axis = index, axis
 
     def forward(self, x):
-        self.axis = self.axis % x.ndim
+        self.axis = normalize_axis(self.axis, x.ndim, "take")
         _check_indices("take", self.index, x.shape[self.axis])
         self.shape, self.dtype = x.shape, x.dtype
         return array_module(x).take(x, self.index, axis=self.axis)
@@ -62,7 +63,7 @@ class Gather(Function):
         self.index, self.axis = index, axis
 
     def forward(self, x):
-        self.axis = self.axis % x.ndim
+        self.axis = normalize_axis(self.axis, x.ndim, "gather")
         if self.index.ndim != x.ndim:
             raise ValueError(f"gather: index has {self.index.ndim} axes, x has {x.ndim}; they must match")
         _check_indices("gather", self.index, x.shape[self.axis])
@@ -85,7 +86,7 @@ class ScatterAdd(Function):
         self.index, self.axis = index, axis
 
     def forward(self, x, src):
-        self.axis = self.axis % x.ndim
+        self.axis = normalize_axis(self.axis, x.ndim, "scatter_add")
         if self.index.shape != src.shape:
             raise ValueError(f"scatter_add: index shape {self.index.shape} must equal src shape {src.shape}")
         _check_indices("scatter_add", self.index, x.shape[self.axis])
@@ -104,7 +105,7 @@ class IndexAdd(Function):
         self.index, self.axis = index, axis
 
     def forward(self, x, src):
-        self.axis = self.axis % x.ndim
+        self.axis = normalize_axis(self.axis, x.ndim, "index_add")
         _check_indices("index_add", self.index, x.shape[self.axis])
         out = x.copy()
         add_at(out, _along(self.axis, self.index), src)

@@ -12,20 +12,42 @@ import numpy as np
 
 from tinymoe import backend
 from tinymoe.backend import array_module
+from tinymoe.ops.axes import normalize_axis
 from tinymoe.ops.elementwise import mul
 from tinymoe.tensor import Function, Tensor
 
 
-def _softmax(x, axis):
-    xp = array_module(x)
-    e = xp.exp(x - x.max(axis=axis, keepdims=True))
-    return e / e.sum(axis=axis, keepdims=True)
+def _wide(x):
+    """float16 is computed in float32: sums of exponentials and squares overflow or lose
+    every digit in float16 (its largest number is 65504, its precision 3 digits)."""
+    return x.astype(np.float32) if x.dtype == np.float16 else x
 
 
-def _logsumexp(x, axis):
+def _exponentials(x, axis):
+    """(m, z, e, s): the row max m, z = x - m, e = exp(z) and s = sum_j e_j along ``axis``.
+
+    Subtracting the max makes every e_j <= 1, so nothing overflows, and one e_j is 1, so
+    s >= 1. A row whose max is infinite is shifted by 0 instead: then a row of -inf gives
+    log s = -inf and a row holding +inf gives +inf, where inf - inf would give NaN.
+    """
     xp = array_module(x)
-    m = x.max(axis=axis, keepdims=True)  # exp(x - m) <= 1: no overflow, and one term is 1
-    return m + xp.log(xp.exp(x - m).sum(axis=axis, keepdims=True))
+    m = x.max(axis=axis, keepdims=True)
+    m = xp.where(xp.isfinite(m), m, 0).astype(x.dtype)
+    z = x - m
+    e = xp.exp(z)
+    return m, z, e, e.sum(axis=axis, keepdims=True)
+
+
+def _log(s):
+    with np.errstate(divide="ignore"):  # log(0) = -inf for a row of -inf is the right answer
+        return array_module(s).log(s)
+
+
+def _log_softmax(x, axis):
+    """(log p, p). log p = z - log s: the max is never added back, so float32 logits near
+    1e7 (where 1e7 + 0.7 rounds to 1e7) still give exact log-probabilities."""
+    _, z, e, s = _exponentials(x, axis)
+    return z - _log(s), e / s
 
 
 def softmax_backward(p, g, axis=-1):
@@ -40,8 +62,10 @@ class Softmax(Function):
         self.axis = axis
 
     def forward(self, x):
-        self.p = _softmax(x, self.axis)
-        return self.p
+        self.axis = normalize_axis(self.axis, x.ndim, "softmax")
+        _, _, e, s = _exponentials(_wide(x), self.axis)
+        self.p = e / s
+        return self.p.astype(x.dtype, copy=False)
 
     def backward(self, g):
         return (softmax_backward(self.p, g, self.axis),)
@@ -54,9 +78,9 @@ class LogSoftmax(Function):
         self.axis = axis
 
     def forward(self, x):
-        y = x - _logsumexp(x, self.axis)
-        self.p = array_module(x).exp(y)
-        return y
+        self.axis = normalize_axis(self.axis, x.ndim, "log_softmax")
+        y, self.p = _log_softmax(_wide(x), self.axis)
+        return y.astype(x.dtype, copy=False)
 
     def backward(self, g):  # dx_i = g_i - p_i sum_j g_j
         return (g - self.p * g.sum(axis=self.axis, keepdims=True),)
@@ -69,8 +93,11 @@ class LogSumExp(Function):
         self.axis, self.keepdims = axis, keepdims
 
     def forward(self, x):
-        y = _logsumexp(x, self.axis)
-        self.p = array_module(x).exp(x - y)  # d lse / dx = softmax(x)
+        self.axis = normalize_axis(self.axis, x.ndim, "logsumexp")
+        m, _, e, s = _exponentials(_wide(x), self.axis)
+        with np.errstate(invalid="ignore"):  # a row of -inf has no softmax: NaN, as in PyTorch
+            self.p = e / s  # d lse / dx = softmax(x)
+        y = (m + _log(s)).astype(x.dtype, copy=False)
         return y if self.keepdims else y.squeeze(self.axis)
 
     def backward(self, g):
@@ -109,11 +136,10 @@ class CrossEntropy(Function):
                 f"cross_entropy: the logits contain {bad} NaN/inf value(s); the model has diverged "
                 "(lower the learning rate, clip gradients) or its input is bad"
             )
-        log_p = logits - _logsumexp(logits, -1)
+        log_p, self.p = _log_softmax(_wide(logits), -1)  # p = e / s: gradient rows sum to 0
         self.targets = targets
-        self.p = xp.exp(log_p)
         picked = xp.take_along_axis(log_p, targets[..., None], axis=-1)
-        return -picked.mean()
+        return (-picked.mean()).astype(logits.dtype)
 
     def backward(self, g):
         xp = array_module(g)
@@ -135,6 +161,7 @@ class TopK(Function):
 
     def forward(self, x):
         xp = array_module(x)
+        self.axis = normalize_axis(self.axis, x.ndim, "topk")
         n = x.shape[self.axis]
         if not isinstance(self.k, (int, np.integer)) or not 1 <= self.k <= n:
             raise ValueError(f"topk: k must be an integer in [1, {n}] (the axis size), got {self.k!r}")
@@ -158,6 +185,7 @@ class LayerNormalize(Function):
     """x_hat = (x - mean) / sqrt(var + eps) over the last axis (Ba et al. 2016), no affine.
 
     Backward: dx = (g - mean(g) - x_hat mean(g x_hat)) / sqrt(var + eps).
+    float16 is normalised in float32 (its squares overflow at 256), the result cast back.
     """
 
     def __init__(self, eps=1e-5):
@@ -165,10 +193,11 @@ class LayerNormalize(Function):
 
     def forward(self, x):
         xp = array_module(x)
-        centered = x - x.mean(axis=-1, keepdims=True)
+        wide = _wide(x)
+        centered = wide - wide.mean(axis=-1, keepdims=True)
         self.inv_std = 1 / xp.sqrt((centered * centered).mean(axis=-1, keepdims=True) + self.eps)
         self.x_hat = centered * self.inv_std
-        return self.x_hat
+        return self.x_hat.astype(x.dtype, copy=False)
 
     def backward(self, g):
         x_hat = self.x_hat
@@ -181,6 +210,7 @@ class RMSNormalize(Function):
     """y = x / sqrt(mean(x^2) + eps) over the last axis (Zhang & Sennrich 2019), no gain.
 
     Backward: dx = (g - y mean(g y)) / sqrt(mean(x^2) + eps).
+    float16 is normalised in float32 (x^2 overflows float16 from x = 256), the result cast back.
     """
 
     def __init__(self, eps=1e-6):
@@ -188,9 +218,10 @@ class RMSNormalize(Function):
 
     def forward(self, x):
         xp = array_module(x)
-        self.inv_rms = 1 / xp.sqrt((x * x).mean(axis=-1, keepdims=True) + self.eps)
-        self.y = x * self.inv_rms
-        return self.y
+        wide = _wide(x)
+        self.inv_rms = 1 / xp.sqrt((wide * wide).mean(axis=-1, keepdims=True) + self.eps)
+        self.y = wide * self.inv_rms
+        return self.y.astype(x.dtype, copy=False)
 
     def backward(self, g):
         return ((g - self.y * (g * self.y).mean(axis=-1, keepdims=True)) * self.inv_rms,)

@@ -4,19 +4,8 @@ reduced axes (``_unreduce``), since every input element fed the reduced value.""
 from __future__ import annotations
 
 from tinymoe.backend import array_module
+from tinymoe.ops.axes import normalize_axes
 from tinymoe.tensor import Function, Tensor
-
-
-def normalize_axes(axis, ndim: int) -> tuple[int, ...]:
-    """``None`` -> every axis; ints -> a sorted tuple of non-negative axes (checked)."""
-    if axis is None:
-        return tuple(range(ndim))
-    axes = (axis,) if isinstance(axis, int) else tuple(axis)
-    n = ndim or 1  # (this module's `max` is the op, so no builtin max here)
-    for a in axes:
-        if not -n <= a < n:
-            raise ValueError(f"axis {a} is out of range for a tensor with {ndim} dimensions")
-    return tuple(sorted(a % n for a in axes))
 
 
 def _unreduce(g, shape, axes, keepdims):
@@ -32,7 +21,7 @@ class Sum(Function):
         self.axis, self.keepdims = axis, keepdims
 
     def forward(self, x):
-        self.shape, self.axes = x.shape, normalize_axes(self.axis, x.ndim)
+        self.shape, self.axes = x.shape, normalize_axes(self.axis, x.ndim, type(self).__name__.lower())
         return x.sum(axis=self.axes, keepdims=self.keepdims)
 
     def backward(self, g):  # each summed element gets the whole gradient
@@ -44,7 +33,7 @@ class Mean(Function):
         self.axis, self.keepdims = axis, keepdims
 
     def forward(self, x):
-        self.shape, self.axes = x.shape, normalize_axes(self.axis, x.ndim)
+        self.shape, self.axes = x.shape, normalize_axes(self.axis, x.ndim, type(self).__name__.lower())
         self.count = 1
         for a in self.axes:
             self.count *= x.shape[a]
@@ -61,7 +50,7 @@ class Max(Function):
         self.axis, self.keepdims = axis, keepdims
 
     def forward(self, x):
-        self.axes = normalize_axes(self.axis, x.ndim)
+        self.axes = normalize_axes(self.axis, x.ndim, type(self).__name__.lower())
         y = x.max(axis=self.axes, keepdims=True)
         is_max = x == y
         self.share = (is_max / is_max.sum(axis=self.axes, keepdims=True)).astype(x.dtype)
@@ -72,21 +61,26 @@ class Max(Function):
 
 
 class Var(Function):
-    """Variance with ``ddof`` (0: the population variance, as Shazeer et al.'s CV uses)."""
+    """Variance with ``ddof`` (0: the population variance, as Shazeer et al.'s CV uses).
+
+    float16 is accumulated in float32 (squares of values near 300 already overflow
+    float16's 65504) and the result cast back.
+    """
 
     def __init__(self, axis=None, keepdims=False, ddof=0):
         self.axis, self.keepdims, self.ddof = axis, keepdims, ddof
 
     def forward(self, x):
-        self.axes = normalize_axes(self.axis, x.ndim)
+        self.axes = normalize_axes(self.axis, x.ndim, "var")
         count = 1
         for a in self.axes:
             count *= x.shape[a]
         if count - self.ddof <= 0:
             raise ValueError(f"var: {count} elements with ddof={self.ddof} leave no degrees of freedom")
-        self.centered = x - x.mean(axis=self.axes, keepdims=True)
+        wide = x.astype("float32") if x.dtype == "float16" else x
+        self.centered = (wide - wide.mean(axis=self.axes, keepdims=True)).astype(x.dtype)
         self.scale = 2 / (count - self.ddof)
-        return x.var(axis=self.axes, keepdims=self.keepdims, ddof=self.ddof)
+        return wide.var(axis=self.axes, keepdims=self.keepdims, ddof=self.ddof).astype(x.dtype)
 
     def backward(self, g):  # d var / dx_j = 2 (x_j - mean) / (count - ddof)
         g = _unreduce(g, self.centered.shape, self.axes, self.keepdims)

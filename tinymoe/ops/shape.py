@@ -4,6 +4,7 @@ gradient back the same way (reshape back, transpose back, sum over broadcast cop
 from __future__ import annotations
 
 from tinymoe.backend import add_at, array_module
+from tinymoe.ops.axes import normalize_axis, normalize_permutation
 from tinymoe.tensor import Function, Tensor
 
 
@@ -53,13 +54,21 @@ class Reshape(Function):
 
 
 class Transpose(Function):
-    """Permute axes (reverse them when ``axes`` is None)."""
+    """Permute axes (reverse them when ``axes`` is None).
+
+    Backward applies the inverse permutation: output axis i is input axis ``axes[i]``, so
+    the gradient's axis ``axes[i]`` must go back to place i. The axes are made non-negative
+    first: sorting the raw ``(-1, 0)`` would give the wrong inverse.
+    """
 
     def __init__(self, axes=None):
         self.axes = axes
 
     def forward(self, x):
-        axes = self.axes if self.axes is not None else tuple(reversed(range(x.ndim)))
+        if self.axes is None:
+            axes = tuple(reversed(range(x.ndim)))
+        else:
+            axes = normalize_permutation(self.axes, x.ndim, "transpose")
         self.inverse = tuple(sorted(range(len(axes)), key=lambda i: axes[i]))
         return x.transpose(axes)
 
@@ -90,8 +99,17 @@ class Concat(Function):
         self.axis = axis
 
     def forward(self, *arrays):
+        if not arrays:
+            raise ValueError("concat: needs at least one tensor")
+        self.axis = normalize_axis(self.axis, arrays[0].ndim, "concat")
         self.sizes = [a.shape[self.axis] for a in arrays]
-        return array_module(arrays[0]).concatenate(arrays, axis=self.axis)
+        try:
+            return array_module(arrays[0]).concatenate(arrays, axis=self.axis)
+        except ValueError as error:
+            shapes = ", ".join(str(tuple(a.shape)) for a in arrays)
+            raise ValueError(
+                f"concat: shapes {shapes} must match on every axis but axis {self.axis}"
+            ) from error
 
     def backward(self, g):
         xp = array_module(g)
@@ -137,10 +155,11 @@ def reshape(x, shape) -> Tensor:
 
 
 def transpose(x, axes=None) -> Tensor:
-    return Transpose(axes)(x)
+    return Transpose(None if axes is None else tuple(axes))(x)
 
 
 def swapaxes(x, a: int, b: int) -> Tensor:
+    a, b = normalize_axis(a, x.ndim, "swapaxes"), normalize_axis(b, x.ndim, "swapaxes")
     axes = list(range(x.ndim))
     axes[a], axes[b] = axes[b], axes[a]
     return Transpose(tuple(axes))(x)
@@ -151,12 +170,12 @@ def expand(x, shape) -> Tensor:
 
 
 def unsqueeze(x, axis: int) -> Tensor:
-    axis = axis % (x.ndim + 1)
+    axis = normalize_axis(axis, x.ndim + 1, "unsqueeze")  # the new axis may go after the last
     return reshape(x, x.shape[:axis] + (1,) + x.shape[axis:])
 
 
 def squeeze(x, axis: int) -> Tensor:
-    axis = axis % x.ndim
+    axis = normalize_axis(axis, x.ndim, "squeeze")
     if x.shape[axis] != 1:
         raise ValueError(f"squeeze: axis {axis} has size {x.shape[axis]}, not 1 (shape {x.shape})")
     return reshape(x, x.shape[:axis] + x.shape[axis + 1 :])
@@ -172,16 +191,21 @@ def stack(tensors, axis: int = 0) -> Tensor:
 
 def split(x, sections, axis: int = -1) -> list[Tensor]:
     """Split into ``sections`` equal parts (an int) or parts of the given sizes (a list)."""
+    axis = normalize_axis(axis, x.ndim, "split")
     n = x.shape[axis]
-    if isinstance(sections, int):
+    if isinstance(sections, int) and not isinstance(sections, bool):
+        if sections < 1:
+            raise ValueError(f"split: sections must be >= 1, got {sections}")
         if n % sections:
             raise ValueError(f"split: axis of size {n} does not divide into {sections} equal parts")
         sizes = [n // sections] * sections
     else:
         sizes = list(sections)
+        if any(isinstance(k, bool) or not isinstance(k, int) or k < 0 for k in sizes):
+            raise ValueError(f"split: sizes must be non-negative integers, got {sizes}")
         if sum(sizes) != n:
             raise ValueError(f"split: sizes {sizes} add up to {sum(sizes)}, not the axis size {n}")
-    lead = (slice(None),) * (axis % x.ndim)
+    lead = (slice(None),) * axis
     parts, start = [], 0
     for size in sizes:
         parts.append(getitem(x, lead + (slice(start, start + size),)))
