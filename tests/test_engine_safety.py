@@ -197,3 +197,31 @@ def test_a_gradient_in_the_output_shape_is_summed_over_broadcast_axes():
 def test_gradcheck_refuses_bad_settings(kwargs, message):
     with pytest.raises(ValueError, match=message):
         tm.gradcheck(lambda t: 2 * t, [leaf([1.0])], **kwargs)
+
+
+# ------------------------------------------------------------- bad op arguments (item 12)
+
+
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (lambda t: F.topk(t, True), TypeError, r"topk: k must be an integer in \[1, 3\], got True"),
+        (lambda t: F.topk(t, 1.5), TypeError, r"topk: k must be an integer"),
+        (lambda t: F.topk(t, 0), ValueError, r"topk: k must be an integer in \[1, 3\], got 0"),
+        (lambda t: F.dropout(t, float("nan")), ValueError, r"dropout: p must be a finite number in \[0, 1\)"),
+        (lambda t: F.dropout(t, 1.0), ValueError, r"dropout: p must be"),
+        (lambda t: F.dropout(t, "0.5"), TypeError, r"dropout: p must be a finite number"),
+        (lambda t: F.split(t, 0), ValueError, r"split: sections must be >= 1"),
+        (lambda t: F.split(t, [4, -1]), ValueError, r"split: sizes must be non-negative integers"),
+        (lambda t: F.concat([]), ValueError, r"concat: needs at least one tensor"),
+        (lambda t: F.concat([t, t[:, :2].T]), ValueError, r"concat: shapes \(2, 3\), \(2, 2\) must match"),
+        (lambda t: t.reshape(4, 2), ValueError, r"reshape: cannot reshape \(2, 3\) into \(4, 2\)"),
+        (lambda t: F.cross_entropy(t, np.array([0.0, 1.0])), TypeError, r"cross_entropy: targets must be integer"),
+        (lambda t: F.cross_entropy(t, np.array([0, 3])), ValueError, r"cross_entropy: targets must lie in \[0, 3\)"),
+        (lambda t: t.backward(np.ones(3)), ValueError, r"grad has shape \(3,\), expected \(2, 3\)"),
+        (lambda t: tm.tensor(np.arange(3), requires_grad=True), TypeError, r"requires_grad needs a float tensor"),
+    ],
+)
+def test_bad_op_arguments_name_the_argument(call, error, message):
+    with pytest.raises(error, match=message):
+        call(leaf(np.ones((2, 3))))

@@ -112,5 +112,5 @@ def test_dropout_function_scales_kept_values_and_is_identity_when_off():
     y.sum().backward()
     np.testing.assert_array_equal(x.grad, y.data)  # the gradient uses the same mask
     assert F.dropout(x, 0.2, training=False) is x
-    with pytest.raises(ValueError, match=r"p must be in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"dropout: p must be a finite number in \[0, 1\)"):
         F.dropout(x, 1.0)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tinymoe import backend
+from tinymoe import backend, validate
 from tinymoe.backend import array_module
 from tinymoe.ops.axes import normalize_axis
 from tinymoe.ops.elementwise import mul
@@ -163,9 +163,7 @@ class TopK(Function):
         xp = array_module(x)
         self.axis = normalize_axis(self.axis, x.ndim, "topk")
         n = x.shape[self.axis]
-        if not isinstance(self.k, (int, np.integer)) or not 1 <= self.k <= n:
-            raise ValueError(f"topk: k must be an integer in [1, {n}] (the axis size), got {self.k!r}")
-        self.k = int(self.k)
+        self.k = validate.integer("topk", "k", self.k, 1, n)  # at most the axis size
         # A stable sort of -x keeps equal values in index order: the same tie-break on every
         # backend (argpartition would be faster but its order among ties is unspecified).
         self.indices = xp.argsort(-x, axis=self.axis, kind="stable").take(
@@ -266,8 +264,7 @@ def rms_norm(x, weight=None, eps: float = 1e-6) -> Tensor:
 def dropout(x, p: float, training: bool = True) -> Tensor:
     """Zero each element with probability p and scale the rest by 1/(1-p) (inverted dropout),
     so evaluation needs no rescaling. The mask comes from the library's seeded generator."""
-    if not 0 <= p < 1:
-        raise ValueError(f"dropout: p must be in [0, 1), got {p}")
+    p = validate.real("dropout", "p", p, 0, 1, high_open=True)
     if not training or p == 0:
         return x
     keep = backend.rng(x.device).random(x.shape) >= p
