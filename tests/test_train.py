@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 
 import tinymoe as tm
+from tinymoe import data
 from tinymoe import train as training
-from tinymoe.train import CONFIGS, TrainingDiverged, get_config, load_cv, train
+from tinymoe.__main__ import routing_map_figure
+from tinymoe.tensor import no_grad
+from tinymoe.train import CONFIGS, Run, TrainingDiverged, get_config, load_cv, train
 
 TINY = dict(d_model=32, d_hidden=32, n_heads=2, context=24, batch_size=8, corpus_chars=8000,
             eval_every=1000, eval_batches=1, checkpoint_every=1000)
@@ -76,6 +79,83 @@ def test_statistics_and_summary():
     by_domain = training.expert_by_domain(run)
     assert by_domain.shape == (4, 8)
     np.testing.assert_allclose(by_domain.sum(axis=1), 1.0)
+
+
+# ------------------------------------------------- plots of what each token really got
+
+
+def untrained_run(name, **overrides):
+    """A Run with a freshly built model: routing plots need no training."""
+    config = tiny(name, batch_size=16, **overrides)
+    corpus = data.load_corpus(config.corpus, config.corpus_chars, seed=config.seed)
+    return Run(config, training.make_model(config, corpus.vocab_size), corpus)
+
+
+def first_windows(run, n_windows):
+    """The windows expert_by_domain reads, run through the model: (layer-0 routing, domains)."""
+    inputs, _ = data.sequential_windows(run.corpus.val_ids, run.config.context)
+    domains, _ = data.sequential_windows(run.corpus.val_domains, run.config.context)
+    run.model.eval()
+    with no_grad():
+        run.model(inputs[:n_windows])
+    return run.model.moe_layers()[0].last_routing, domains[:n_windows].reshape(-1)
+
+
+def test_expert_by_domain_under_expert_choice_counts_what_each_expert_took():
+    # Before: every token's "first choice" was expert_index[:, 0], which is 0 under expert
+    # choice, so the table said expert 0 served 100% of every domain.
+    run = untrained_run("expert-choice")
+    table = training.expert_by_domain(run, max_windows=16)  # one batch of 16 windows
+    routing, domains = first_windows(run, 16)
+    chosen = ~routing.dropped  # (tokens, experts): expert e picked token n
+    counts = np.stack([chosen[domains == d].sum(axis=0) for d in range(len(run.corpus.domain_names))])
+    np.testing.assert_allclose(table, counts / counts.sum(axis=1, keepdims=True))
+    assert (table[:, 0] < 0.5).all()  # nothing like "expert 0 takes every domain"
+    # weighted by each domain's assignments, the rows give the real load: C tokens per expert
+    capacity = routing.capacity
+    np.testing.assert_array_equal(counts.sum(axis=0), np.full(8, capacity))
+    np.testing.assert_allclose(counts.sum(axis=1) @ table / counts.sum(), training.routing_stats(
+        run.model.moe_layers()[0])["load"])
+
+
+def test_expert_by_domain_counts_each_sub_token_under_mh_moe():
+    run = untrained_run("mh-moe")
+    table = training.expert_by_domain(run, max_windows=16)
+    routing, domains = first_windows(run, 16)
+    heads = len(routing.expert_index) // len(domains)  # 4 sub-tokens per character
+    kept = np.where(routing.dropped, -1, routing.expert_index)
+    counts = np.stack([np.bincount(kept[np.repeat(domains, heads) == d].ravel() + 1, minlength=9)[1:]
+                       for d in range(len(run.corpus.domain_names))])
+    np.testing.assert_allclose(table, counts / counts.sum(axis=1, keepdims=True))
+
+
+def test_the_routing_map_shows_the_expert_with_the_largest_weight_or_none():
+    # capacity factor 0.5: 8 experts take ceil(0.5 * 24 / 8) = 2 characters each, so at
+    # least 8 of the 24 characters get no expert
+    run = untrained_run("expert-choice", layer_args={"capacity_factor": 0.5})
+    figure = routing_map_figure(run)
+    n_chars = run.config.context
+    shown = np.asarray(figure.axes[0].images[0].get_array()).ravel()[:n_chars]
+    routing = run.model.moe_layers()[0].last_routing  # the routing of that one window
+    weight = np.where(routing.dropped, -np.inf, routing.weight.data)  # (chars, experts): 0 unless picked
+    expected = np.where(routing.dropped.all(axis=1), -1, weight.argmax(axis=1))
+    np.testing.assert_array_equal(shown, expected)
+    assert len(set(expected.tolist()) - {-1}) > 1  # before: expert 0 everywhere
+    assert (expected == -1).sum() >= 8
+    assert "no expert" in [t.get_text() for t in figure.axes[0].get_legend().get_texts()]
+
+
+def test_token_assignments_for_token_choice_with_drops():
+    class Routing:  # two tokens, top-2; token 1's second slot was dropped
+        expert_index = np.array([[2, 0], [1, 2]])
+        dropped = np.array([[False, False], [False, True]])
+        weight = tm.tensor(np.array([[0.6, 0.4], [0.7, 0.0]]))
+        probs = tm.tensor(np.zeros((2, 3)))
+
+    counts, weights = training.token_assignments(Routing, 2)
+    np.testing.assert_array_equal(counts, [[1, 0, 1], [0, 1, 0]])
+    np.testing.assert_allclose(weights, [[0.4, 0, 0.6], [0, 0.7, 0]])
+    np.testing.assert_array_equal(training.main_expert(Routing, 2), [2, 1])
 
 
 # ----------------------------------------------------------------------- bad input

@@ -37,6 +37,18 @@ def test_routing_map_and_domain_heatmap_draw_their_inputs():
     np.testing.assert_array_equal(fig.axes[0].images[0].get_array(), table)
 
 
+def test_routing_map_draws_tokens_without_an_expert_in_their_own_colour():
+    fig = viz.routing_map("abcd", [0, -1, 1, -1], n_experts=2, width=4)
+    image = fig.axes[0].images[0]
+    colours = image.to_rgba(np.asarray(image.get_array()))[0]  # the 4 cells, as drawn
+    np.testing.assert_array_equal(colours[1], colours[3])
+    assert not any(np.array_equal(colours[1], colours[i]) for i in (0, 2))  # no expert's colour
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert legend == ["expert 0", "expert 1", "no expert"]
+    every_token_routed = viz.routing_map("ab", [0, 1], n_experts=2, width=2)
+    assert "no expert" not in [t.get_text() for t in every_token_routed.axes[0].get_legend().get_texts()]
+
+
 def test_decision_regions_for_the_vowel_task():
     model = VowelMixture(4)
     x = np.random.default_rng(0).standard_normal((40, 2)).astype(np.float32)

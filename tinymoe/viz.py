@@ -4,7 +4,7 @@ returns its Figure, so a notebook shows it and a script can save it.)
 - ``loss_curves``: training loss (smoothed) and validation loss of one or more runs
 - ``expert_load_heatmap``: each expert's share of the tokens over training steps
 - ``load_histogram``: the share of each expert at the end (a balanced layer is flat)
-- ``routing_map``: text coloured by the expert each character went to
+- ``routing_map``: text coloured by the expert each character went to (grey: none)
 - ``expert_domain_heatmap``: which experts serve which domain of the multi-domain corpus
 - ``decision_regions``: the vowel task's classes and the gate's regions in the (F1, F2) plane
 """
@@ -62,26 +62,34 @@ def load_histogram(load, title: str = "Expert load") -> plt.Figure:
 
 
 def routing_map(text: str, experts, n_experts: int, width: int = 64, title: str = "Routing map") -> plt.Figure:
-    """Each character on a grid, coloured by the (first) expert it was sent to."""
+    """Each character on a grid, coloured by the expert it went to (``experts[i]``, e.g.
+    the one with the largest weight); -1 marks a character no expert processed (dropped,
+    or picked by no expert under expert choice), drawn in grey."""
     experts = np.asarray(experts)
     rows = (len(text) + width - 1) // width
-    grid = np.full((rows, width), np.nan)
+    grid = np.full((rows, width), np.nan)  # NaN: the empty cells after the text, left blank
     grid.flat[: len(experts)] = experts
     fig, ax = plt.subplots(figsize=(max(4.0, width / 5) + 1.5, rows / 2.5 + 1))  # + room for the legend
-    cmap = plt.get_cmap("tab10" if n_experts <= 10 else "tab20", n_experts)
+    # -1 lies below vmin, so it takes the colormap's "under" colour, which no expert has
+    cmap = plt.get_cmap("tab10" if n_experts <= 10 else "tab20", n_experts).with_extremes(under="lightgrey")
     ax.imshow(grid, cmap=cmap, vmin=-0.5, vmax=n_experts - 0.5, aspect="auto")
     for i, ch in enumerate(text):
         ax.text(i % width, i // width, ch, ha="center", va="center", fontsize=7, family="monospace")
     ax.set_axis_off()
     ax.set_title(title)
     handles = [plt.Rectangle((0, 0), 1, 1, color=cmap(e)) for e in range(n_experts)]
-    ax.legend(handles, [f"expert {e}" for e in range(n_experts)], loc="upper left", bbox_to_anchor=(1, 1), fontsize=7)
+    labels = [f"expert {e}" for e in range(n_experts)]
+    if (experts == -1).any():
+        handles.append(plt.Rectangle((0, 0), 1, 1, color=cmap.get_under()))
+        labels.append("no expert")
+    ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1, 1), fontsize=7)
     fig.tight_layout()
     return fig
 
 
 def expert_domain_heatmap(table, domain_names, title: str = "Which experts serve which domain") -> plt.Figure:
-    """``table`` (domains, experts): the share of each domain's tokens sent to each expert."""
+    """``table`` (domains, experts): each domain's share of assignments per expert (rows add up
+    to 1; see ``train.expert_by_domain``)."""
     table = np.asarray(table, dtype=float)
     fig, ax = plt.subplots(figsize=(6, 2.5))
     image = ax.imshow(table, cmap="magma", vmin=0, aspect="auto")
@@ -89,7 +97,7 @@ def expert_domain_heatmap(table, domain_names, title: str = "Which experts serve
     ax.set(xlabel="expert", title=title)
     for (i, j), value in np.ndenumerate(table):
         ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7, color="w" if value < 0.5 else "k")
-    fig.colorbar(image, ax=ax, label="share of the domain's tokens")
+    fig.colorbar(image, ax=ax, label="share of the domain's assignments")
     fig.tight_layout()
     return fig
 
