@@ -9,6 +9,8 @@ from scipy.special import erf
 
 import tinymoe as tm
 from tests.helpers import numpy_of, randn
+from tinymoe.models import LSTMMoELM, TransformerLM
+from tinymoe.moe import NoisyTopKMoE, TopKMoE
 from tinymoe.nn import (
     LSTM,
     CausalSelfAttention,
@@ -281,25 +283,78 @@ def test_dropout_is_the_identity_in_eval_mode(device):
     np.testing.assert_array_equal(numpy_of(Dropout(0.5).eval()(x)), numpy_of(x))
 
 
-@pytest.mark.parametrize("p", [-0.1, 1.0, 1.5])
-def test_dropout_rejects_p_outside_0_to_1(p):
-    with pytest.raises(ValueError, match="p must be in"):
-        Dropout(p)
+# --------------------------------------------------------------------------- inputs: one rule for every layer
+# (nn.checks.as_input; the bad arguments and inputs, one line each: tests/test_bad_input.py)
+
+NN_LAYERS = {  # name: (layer, a valid input shape)
+    "linear": (lambda: Linear(4, 3), (2, 4)),
+    "layer_norm": (lambda: LayerNorm(4), (2, 4)),
+    "rms_norm": (lambda: RMSNorm(4), (2, 4)),
+    "dropout": (lambda: Dropout(0.5).eval(), (2, 4)),
+    "feed_forward": (lambda: FeedForward(4, 8, "swiglu"), (2, 4)),
+    "attention": (lambda: CausalSelfAttention(4, 2), (2, 3, 4)),
+    "lstm": (lambda: LSTM(4, 3, n_layers=2), (2, 3, 4)),
+    "block": (lambda: TransformerBlock(4, 2, FeedForward(4, 8)), (2, 3, 4)),
+}
 
 
-# --------------------------------------------------------------------------- bad input
+def first(output):
+    """The layer's output tensor (LSTM and TransformerBlock return a pair)."""
+    return output[0] if isinstance(output, tuple) else output
 
 
-def test_linear_names_the_expected_input_width():
-    with pytest.raises(ValueError, match="must have size 3"):
-        Linear(3, 4)(randn(2, 5, dtype=np.float32))
+@pytest.mark.parametrize("dtype", [np.int64, bool])
+@pytest.mark.parametrize("name", sorted(NN_LAYERS))
+def test_integer_and_boolean_inputs_are_refused_with_a_hint_to_cast(name, dtype):
+    make, shape = NN_LAYERS[name]
+    with pytest.raises(TypeError, match=r"x must hold floats \(float16, float32 or float64\), got .*cast it first"):
+        make()(tm.tensor(np.ones(shape, dtype)))
 
 
-def test_attention_heads_must_divide_d_model():
-    with pytest.raises(ValueError, match="n_heads must be >= 1 and divide d_model=6"):
-        CausalSelfAttention(6, n_heads=4)
+@pytest.mark.parametrize("name", sorted(NN_LAYERS))
+def test_a_list_or_an_array_is_taken_as_tm_tensor_takes_it(name):
+    make, shape = NN_LAYERS[name]
+    layer, x = make(), np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    expected = first(layer(tm.tensor(x))).data
+    np.testing.assert_array_equal(first(layer(x.tolist())).data, expected)  # a list becomes float32
+    np.testing.assert_array_equal(first(layer(x)).data, expected)
 
 
-def test_feed_forward_lists_the_valid_activations():
-    with pytest.raises(ValueError, match=r"one of \('relu', 'gelu', 'swiglu'\), got 'tanh'"):
-        FeedForward(4, 8, activation="tanh")
+def test_linear_takes_a_single_token_as_a_batch_of_one():
+    layer, x = Linear(4, 3), randn(4, dtype=np.float32)
+    y = layer(x)
+    assert y.shape == (3,)
+    np.testing.assert_allclose(y.data, layer(x.data[None]).data[0], rtol=1e-6)
+    y.sum().backward()
+    np.testing.assert_allclose(x.grad, layer.weight.data.sum(axis=1), rtol=1e-6)
+
+
+EMPTY = [(name, shape) for name, (_, valid) in sorted(NN_LAYERS.items())
+         for shape in ([(0, 4)] if len(valid) == 2 else [(0, 3, 4), (2, 0, 4)])]
+
+
+@pytest.mark.parametrize("name, shape", EMPTY)
+def test_an_empty_input_gives_an_empty_output_and_zero_gradients(name, shape):
+    layer = NN_LAYERS[name][0]()
+    x = tm.tensor(np.zeros(shape, np.float32), requires_grad=True)
+    y = first(layer(x))
+    assert y.shape[:-1] == shape[:-1] and y.size == 0
+    y.sum().backward()
+    np.testing.assert_array_equal(x.grad, np.zeros(shape))
+    assert all(p.grad is None or not p.grad.any() for p in layer.parameters())
+
+
+def test_embedding_takes_ids_as_a_list_an_array_or_a_tensor():
+    layer = Embedding(5, 3)
+    expected = layer(np.array([[1, 4]])).data
+    np.testing.assert_array_equal(layer([[1, 4]]).data, expected)
+    np.testing.assert_array_equal(layer(tm.tensor(np.array([[1, 4]]))).data, expected)
+    assert layer([]).shape == (0, 3)  # an empty list (NumPy makes it float64) is no ids
+
+
+def test_language_models_take_sequences_of_no_tokens():
+    lm = TransformerLM(7, 4, d_model=8, n_heads=2, n_layers=2, moe=lambda: TopKMoE(8, 16, 4, k=2))
+    logits, aux = lm(np.zeros((2, 0), int))
+    assert logits.shape == (2, 0, 7) and aux and all(value.item() == 0 for value in aux.values())
+    logits, aux = LSTMMoELM(7, 8, moe=lambda: NoisyTopKMoE(8, 16, 4, k=2))(np.zeros((2, 0), int))
+    assert logits.shape == (2, 0, 7) and all(value.item() == 0 for value in aux.values())

@@ -10,12 +10,19 @@ from __future__ import annotations
 
 from tinymoe import functional as F
 from tinymoe import nn
-from tinymoe.models.transformer import token_ids
+from tinymoe.models.transformer import check_builder
+from tinymoe.nn.checks import probability, token_ids
+from tinymoe.validate import integer
 
 
 class LSTMMoELM(nn.Module):
     def __init__(self, vocab_size: int, d_model: int, moe, dropout: float = 0.0):
         """``moe``: a function building the MoE layer for width d_model (e.g. a NoisyTopKMoE)."""
+        owner = "LSTMMoELM"
+        # checked here, by these names: Embedding and Dropout would call them n, d and p
+        vocab_size, d_model = integer(owner, "vocab_size", vocab_size, 1), integer(owner, "d_model", d_model, 1)
+        dropout = probability(owner, "dropout", dropout)
+        check_builder(owner, moe)
         self.vocab_size = vocab_size
         self.embed = nn.Embedding(vocab_size, d_model)
         self.lstm1 = nn.LSTM(d_model, d_model)
@@ -29,7 +36,7 @@ class LSTMMoELM(nn.Module):
 
     def forward(self, ids):
         """ids (B, T) -> (logits (B, T, V), aux of the MoE layer)."""
-        ids = token_ids(ids, self.device)
+        ids = token_ids("LSTMMoELM", ids, self.device)
         if ids.ndim != 2:
             raise ValueError(f"LSTMMoELM: ids must be (batch, time), got shape {ids.shape}")
         h, _ = self.lstm1(self.dropout(self.embed(ids)))

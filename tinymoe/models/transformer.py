@@ -14,28 +14,35 @@ from __future__ import annotations
 from tinymoe import backend, nn
 from tinymoe import functional as F
 from tinymoe.moe.layers import mean_aux_over_layers
-from tinymoe.tensor import Tensor
+from tinymoe.nn.checks import probability, token_ids
+from tinymoe.validate import ArgumentTypeError, integer
 
 
-def token_ids(ids, device: str):
-    """Integer ids as an array on the model's device (a Tensor, list or array is accepted)."""
-    ids = ids.data if isinstance(ids, Tensor) else ids
-    ids = backend.to_device(backend.array_module(ids).asarray(ids), device)
-    if ids.dtype.kind not in "iu":
-        raise TypeError(f"token ids must be integers, got dtype {ids.dtype}")
-    return ids
+def check_builder(owner: str, moe) -> None:
+    """``moe`` must be a function that builds a layer (each block needs its own), not a layer."""
+    if isinstance(moe, nn.Module) or not callable(moe):
+        raise ArgumentTypeError(
+            f"{owner}: moe must be a function that builds an MoE layer, e.g. lambda: TopKMoE(64, 128, 8, 2), "
+            f"got {type(moe).__name__}"
+        )
 
 
 class TransformerLM(nn.Module):
     def __init__(self, vocab_size: int, context: int, d_model: int = 64, n_heads: int = 4, n_layers: int = 4,
                  d_hidden: int | None = None, moe=None, moe_every: int = 2, activation: str = "gelu",
                  dropout: float = 0.0, norm: str = "layernorm"):
-        if moe_every < 1:
-            raise ValueError(f"moe_every must be >= 1, got {moe_every}")
+        owner = "TransformerLM"
+        # checked here, by these names: the layers below would call them n, d or p (Embedding,
+        # Dropout); n_heads, activation and norm are checked by the blocks under their own names
+        vocab_size, context = integer(owner, "vocab_size", vocab_size, 1), integer(owner, "context", context, 1)
+        d_model, n_layers = integer(owner, "d_model", d_model, 1), integer(owner, "n_layers", n_layers, 1)
+        d_hidden = 4 * d_model if d_hidden is None else integer(owner, "d_hidden", d_hidden, 1)
+        moe_every, dropout = integer(owner, "moe_every", moe_every, 1), probability(owner, "dropout", dropout)
+        if moe is not None:
+            check_builder(owner, moe)
         self.vocab_size, self.context = vocab_size, context
         self.tokens = nn.Embedding(vocab_size, d_model)
         self.positions = nn.Embedding(context, d_model)
-        d_hidden = d_hidden or 4 * d_model
         blocks = []
         for i in range(1, n_layers + 1):
             use_moe = moe is not None and i % moe_every == 0
@@ -51,7 +58,7 @@ class TransformerLM(nn.Module):
 
     def forward(self, ids):
         """ids (B, T) int -> (logits (B, T, V), aux: each loss averaged over MoE layers)."""
-        ids = token_ids(ids, self.device)
+        ids = token_ids("TransformerLM", ids, self.device)
         if ids.ndim != 2:
             raise ValueError(f"TransformerLM: ids must be (batch, time), got shape {ids.shape}")
         if ids.shape[1] > self.context:

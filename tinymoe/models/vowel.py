@@ -17,6 +17,7 @@ from tinymoe.data import jacobs_1991_vowels
 from tinymoe.moe.layers import MixtureOfLocalExperts
 from tinymoe.optim import SGD
 from tinymoe.tensor import Tensor
+from tinymoe.validate import integer
 
 
 def one_hot(labels, n_classes: int) -> Tensor:
@@ -27,7 +28,7 @@ class VowelMixture(nn.Module):
     """n_experts linear experts (2 formants -> n_classes scores) and a softmax gate."""
 
     def __init__(self, n_experts: int = 4, n_classes: int = 4, loss: str = "competitive"):
-        self.n_classes = n_classes
+        self.n_classes = integer("VowelMixture", "n_classes", n_classes, 1)  # the experts' d_out
         self.mixture = MixtureOfLocalExperts(2, n_classes, n_experts, loss)
 
     def forward(self, x):
@@ -46,7 +47,9 @@ class BackpropNet(nn.Module):
     """2 -> n_hidden logistic units -> n_classes, trained on squared error (the 1991 baseline)."""
 
     def __init__(self, n_hidden: int = 6, n_classes: int = 4):
-        self.n_classes = n_classes
+        # checked here, by these names: the Linear layers would call them d_out
+        n_hidden = integer("BackpropNet", "n_hidden", n_hidden, 1)
+        self.n_classes = integer("BackpropNet", "n_classes", n_classes, 1)
         self.hidden = nn.Linear(2, n_hidden)
         self.out = nn.Linear(n_hidden, n_classes)
 

@@ -53,12 +53,14 @@ from tinymoe.backend import array_module
 from tinymoe.ops.elementwise import sigmoid_backward
 from tinymoe.ops.nn import softmax_backward
 from tinymoe.tensor import Function, Tensor
+from tinymoe.validate import integer, real
 
 
 def capacity(capacity_factor: float, n_tokens: int, n_experts: int, k: int = 1) -> int:
     """Expert capacity C = ceil(capacity_factor * k * N / E) (tokens per expert per group)."""
-    if not capacity_factor > 0:
-        raise ValueError(f"capacity_factor must be > 0, got {capacity_factor}")
+    real("capacity", "capacity_factor", capacity_factor, 0, low_open=True)
+    n_tokens, n_experts = integer("capacity", "n_tokens", n_tokens, 0), integer("capacity", "n_experts", n_experts, 1)
+    k = integer("capacity", "k", k, 1)
     # exact arithmetic on the factor as written: 1.1 * 2 * 25 / 5 is 11 (floats say 11.000000000000002)
     return max(1, math.ceil(Fraction(str(capacity_factor)) * k * n_tokens / n_experts))
 
@@ -134,6 +136,8 @@ def capacity_drop(expert_index, n_experts: int, capacity: int, dropped=None):
     Priority: all first choices in token order, then all second choices, and so on; slots
     in ``dropped`` (already dropped by the router) take no place.
     """
+    n_experts = integer("capacity_drop", "n_experts", n_experts, 1)
+    capacity = integer("capacity_drop", "capacity", capacity, 1)
     xp = array_module(expert_index)
     if xp is not np and kernels.plan_applies(expert_index, n_experts):  # GPU: plan.cu, phases 1, 2, drop
         return kernels.capacity_drop(expert_index, n_experts, capacity, dropped)
@@ -155,8 +159,9 @@ def make_plan(expert_index, n_experts: int, capacity: int | None = None, dropped
     xp = array_module(expert_index)
     if expert_index.ndim != 2:
         raise ValueError(f"make_plan: expert_index must be (N, k), got shape {tuple(expert_index.shape)}")
-    if capacity is not None and capacity < 1:
-        raise ValueError(f"make_plan: capacity must be >= 1, got {capacity}")
+    n_experts = integer("make_plan", "n_experts", n_experts, 1)
+    if capacity is not None:
+        capacity = integer("make_plan", "capacity", capacity, 1)
     if xp is not np and kernels.plan_applies(expert_index, n_experts):
         return _make_plan_on_gpu(expert_index, n_experts, capacity, dropped)
     if expert_index.size:
@@ -341,6 +346,7 @@ def dense_moe(x: Tensor, expert_index, weight, expert_fn, n_experts: int, droppe
     Slow but obviously right; every dispatcher is tested against it (and lesson 08 starts
     here). ``expert_fn(e, rows)`` must map (n, d) to (n, d), as the experts of an MoE layer do.
     """
+    n_experts = integer("dense_moe", "n_experts", n_experts, 1)
     xp = array_module(expert_index)
     kept = ~dropped if dropped is not None else xp.ones(expert_index.shape, bool)
     y = Tensor(xp.zeros(x.shape, x.dtype))

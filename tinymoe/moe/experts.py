@@ -28,6 +28,7 @@ from tinymoe.moe.dispatch import Plan, dense_moe
 from tinymoe.nn.layers import uniform
 from tinymoe.nn.module import Module, Parameter
 from tinymoe.tensor import Function
+from tinymoe.validate import choice, integer
 
 ACTIVATIONS = ("relu", "gelu", "swiglu")
 
@@ -74,12 +75,12 @@ class Experts(Module):
 
     def __init__(self, n_experts: int, d_model: int, d_hidden: int, activation: str = "swiglu",
                  bias: bool = False, dtype=np.float32):
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"Experts: activation must be one of {ACTIVATIONS}, got {activation!r}")
-        if n_experts < 1 or d_model < 1 or d_hidden < 1:
-            raise ValueError(f"Experts: sizes must be >= 1, got {n_experts=}, {d_model=}, {d_hidden=}")
+        owner = "Experts"
+        n_experts, d_model = integer(owner, "n_experts", n_experts, 1), integer(owner, "d_model", d_model, 1)
+        d_hidden = integer(owner, "d_hidden", d_hidden, 1)
+        activation = choice(owner, "activation", activation, ACTIVATIONS)
         if bias and activation == "swiglu":
-            raise ValueError("Experts: SwiGLU experts have no biases (bias=True needs relu or gelu)")
+            raise ValueError("Experts: bias must be False for SwiGLU experts (bias=True needs relu or gelu), got True")
         self.n_experts, self.d_model, self.d_hidden, self.activation = n_experts, d_model, d_hidden, activation
         self.w1 = uniform((n_experts, d_model, d_hidden), 1 / math.sqrt(d_model), dtype)
         if activation == "swiglu":

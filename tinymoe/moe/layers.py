@@ -9,6 +9,11 @@ passes through that block unchanged. ``layer.last_routing`` keeps the last ``Rou
 The sparse layers share one pipeline (``SparseMoE.forward``):
 
     tokens (N, d) -> router -> Routing -> make_plan -> permute -> experts -> unpermute -> y
+
+Inputs follow the rule of every layer (``nn.checks.as_input``): floats of shape (..., d_model)
+(a single token (d_model,) too), as a Tensor, array or list; integer or boolean tokens are
+refused with a TypeError. An empty batch (0 tokens) gives an empty y and auxiliary losses of
+exactly 0, whose gradients are zeros.
 """
 
 from __future__ import annotations
@@ -32,9 +37,16 @@ from tinymoe.moe.routers import (
     SwitchRouter,
     TopKRouter,
 )
+from tinymoe.nn.checks import as_input, divisor
 from tinymoe.nn.feedforward import FeedForward
 from tinymoe.nn.layers import Linear, uniform
 from tinymoe.nn.module import Module, Parameter
+from tinymoe.validate import ArgumentTypeError, choice, integer, real
+
+
+def loss_weight(owner: str, name: str, value) -> float:
+    """An auxiliary loss's coefficient: finite and >= 0 (a negative one would reward imbalance)."""
+    return real(owner, name, value, 0)
 
 
 def mean_aux_over_layers(aux_dicts) -> dict:
@@ -64,8 +76,7 @@ class SparseMoE(Module):
         self.last_routing: Routing | None = None
 
     def forward(self, x, noise=None, uniform=None):
-        if x.shape[-1] != self.d_model:
-            raise ValueError(f"{type(self).__name__}: x must be (..., d_model={self.d_model}), got shape {x.shape}")
+        x = as_input(self, x, "..., d_model", self.d_model)
         tokens = F.reshape(x, (-1, self.d_model))
         routing = self.router(tokens, noise=noise, uniform=uniform)
         self.last_routing = routing
@@ -88,7 +99,9 @@ class NoisyTopKMoE(SparseMoE):
     def __init__(self, d_model: int, d_hidden: int, n_experts: int, k: int, w_importance: float = 0.1,
                  w_load: float = 0.1, activation: str = "relu"):
         super().__init__(NoisyTopKRouter(d_model, n_experts, k), Experts(n_experts, d_model, d_hidden, activation))
-        self.k, self.w_importance, self.w_load = k, w_importance, w_load
+        self.k = self.router.k
+        self.w_importance = loss_weight("NoisyTopKMoE", "w_importance", w_importance)
+        self.w_load = loss_weight("NoisyTopKMoE", "w_load", w_load)
 
     def aux_losses(self, routing, x):
         aux = {}
@@ -108,7 +121,7 @@ class GShardMoE(SparseMoE):
                  second_policy: str = "random", aux_weight: float = 0.01, activation: str = "gelu"):
         router = GShardRouter(d_model, n_experts, capacity_factor, second_policy)
         super().__init__(router, Experts(n_experts, d_model, d_hidden, activation))
-        self.aux_weight = aux_weight
+        self.aux_weight = loss_weight("GShardMoE", "aux_weight", aux_weight)
 
     def aux_losses(self, routing, x):
         if not self.aux_weight:
@@ -135,7 +148,8 @@ class SwitchMoE(SparseMoE):
                  aux_weight: float = 0.01, z_weight: float = 0.0, jitter: float = 0.0, activation: str = "relu"):
         router = SwitchRouter(d_model, n_experts, capacity_factor, jitter)
         super().__init__(router, Experts(n_experts, d_model, d_hidden, activation))
-        self.aux_weight, self.z_weight = aux_weight, z_weight
+        self.aux_weight = loss_weight("SwitchMoE", "aux_weight", aux_weight)
+        self.z_weight = loss_weight("SwitchMoE", "z_weight", z_weight)
 
     def aux_losses(self, routing, x):
         return _balance_and_z(routing, self.n_experts, self.aux_weight, self.z_weight)
@@ -148,12 +162,11 @@ class TopKMoE(SparseMoE):
 
     def __init__(self, d_model: int, d_hidden: int, n_experts: int, k: int, normalize: bool = True,
                  activation: str = "swiglu", aux_weight: float = 0.01, z_weight: float = 0.0, router: str = "softmax"):
-        if router not in ("softmax", "cosine"):
-            raise ValueError(f"router must be 'softmax' or 'cosine', got {router!r}")
-        kind = TopKRouter if router == "softmax" else CosineRouter
+        kind = TopKRouter if choice("TopKMoE", "router", router, ("softmax", "cosine")) == "softmax" else CosineRouter
         experts = Experts(n_experts, d_model, d_hidden, activation)
         super().__init__(kind(d_model, n_experts, k, normalize=normalize), experts)
-        self.aux_weight, self.z_weight = aux_weight, z_weight
+        self.aux_weight = loss_weight("TopKMoE", "aux_weight", aux_weight)
+        self.z_weight = loss_weight("TopKMoE", "z_weight", z_weight)
 
     def aux_losses(self, routing, x):
         return _balance_and_z(routing, self.n_experts, self.aux_weight, self.z_weight)
@@ -177,27 +190,35 @@ class DeepSeekMoE(SparseMoE):
                  n_group: int = 1, topk_group: int = 1, routed_scale: float = 1.0, normalize: bool = True,
                  bias_update: float = 1e-3, seq_aux_weight: float = 1e-4, aux_weight: float = 0.0,
                  device_aux_weight: float = 0.0, segments: int = 1, activation: str = "swiglu"):
-        if segments < 1 or d_hidden % segments:
-            raise ValueError(f"segments must be >= 1 and divide d_hidden={d_hidden}, got {segments}")
-        if n_shared < 0:
-            raise ValueError(f"n_shared must be >= 0, got {n_shared}")
+        owner = "DeepSeekMoE"
+        # checked here, by these names, before they are combined (n_routed * segments experts,
+        # k * segments active, d_hidden / segments wide): the router would see only the products
+        d_hidden = integer(owner, "d_hidden", d_hidden, 1)
+        n_routed = integer(owner, "n_routed", n_routed, 1)
+        k = integer(owner, "k", k, 1, n_routed)
+        n_shared = integer(owner, "n_shared", n_shared, 0)
+        segments = divisor(owner, "segments", segments, "d_hidden", d_hidden)
         n_experts, k_active, width = n_routed * segments, k * segments, d_hidden // segments
         router = DeepSeekRouter(d_model, n_experts, k_active, score, n_group, topk_group, routed_scale, normalize,
                                 bias_update)
         shared = FeedForward(d_model, n_shared * width, activation, bias=False) if n_shared else None
         super().__init__(router, Experts(n_experts, d_model, width, activation), shared)
-        self.seq_aux_weight, self.aux_weight, self.device_aux_weight = seq_aux_weight, aux_weight, device_aux_weight
+        self.seq_aux_weight = loss_weight(owner, "seq_aux_weight", seq_aux_weight)
+        self.aux_weight = loss_weight(owner, "aux_weight", aux_weight)
+        self.device_aux_weight = loss_weight(owner, "device_aux_weight", device_aux_weight)
 
     def aux_losses(self, routing, x):
         aux, index, probs = {}, routing.expert_index, routing.probs
-        if self.router.score == "sigmoid" and (self.aux_weight or self.device_aux_weight):
+        if self.router.score == "sigmoid":
             # sigmoid scores do not sum to 1: normalise them per token, as V3 does (eq. 19), or
-            # sum_i f_i P_i falls by shrinking every score towards 0 instead of by balancing
-            probs = probs / F.sum(probs, axis=-1, keepdims=True)
+            # sum_i f_i P_i falls by shrinking every score towards 0 instead of by balancing.
+            # s_i / sum_j s_j is softmax(log s), and log sigmoid(z) = -softplus(-z) stays exact
+            # where sigmoid underflows to 0 (logits below -88 in float32), so no 0/0 here
+            probs = F.softmax(-F.softplus(-routing.logits), axis=-1)
         if self.seq_aux_weight:
-            seq_len = x.shape[-2] if x.ndim >= 3 else index.shape[0]  # (B, T, d): T tokens a sequence
-            aux["sequence"] = self.seq_aux_weight * losses.sequence_balance_loss(
-                routing.probs, index, self.n_experts, seq_len)
+            # (B, T, d): T tokens a sequence; at least 1, so that an empty batch is 0 sequences
+            seq_len = max(x.shape[-2] if x.ndim >= 3 else index.shape[0], 1)
+            aux["sequence"] = self.seq_aux_weight * losses.sequence_balance_loss(probs, index, self.n_experts, seq_len)
         if self.aux_weight:
             aux["balance"] = self.aux_weight * losses.load_balancing_loss(probs, index, self.n_experts)
         if self.device_aux_weight:
@@ -230,13 +251,24 @@ class MHMoE(Module):
 
     We follow the authors' released code, not the paper's figure: there is *no* residual
     connection per sub-token inside the layer (the block's residual is outside it).
+
+    ``inner_moe`` is any sparse layer of this module (a ``SparseMoE``: NoisyTopKMoE, GShardMoE,
+    SwitchMoE, TopKMoE, DeepSeekMoE, ExpertChoiceMoE) or another MHMoE, built for
+    d_model // n_heads. Anything else is refused here, at construction: the 1991
+    ``MixtureOfLocalExperts`` and dense layers have no router to take ``noise``/``uniform``.
+    (A DeepSeekMoE inside sees the sub-tokens of the whole batch as one sequence.)
     """
 
     def __init__(self, d_model: int, n_heads: int, inner_moe: Module):
-        if n_heads < 1 or d_model % n_heads:
-            raise ValueError(f"MHMoE: n_heads must be >= 1 and divide d_model={d_model}, got {n_heads}")
+        d_model = integer("MHMoE", "d_model", d_model, 1)
+        n_heads = divisor("MHMoE", "n_heads", n_heads, "d_model", d_model)
+        if not isinstance(inner_moe, (SparseMoE, MHMoE)):
+            given = repr(inner_moe) if isinstance(inner_moe, type) else type(inner_moe).__name__  # a class: say so
+            raise ArgumentTypeError(
+                f"MHMoE: inner_moe must be a sparse MoE layer (a SparseMoE such as TopKMoE, or an MHMoE), got {given}"
+            )
         sub = d_model // n_heads
-        if getattr(inner_moe, "d_model", sub) != sub:
+        if inner_moe.d_model != sub:
             raise ValueError(f"MHMoE: inner_moe must be built for d_model // n_heads = {sub}, got {inner_moe.d_model}")
         self.d_model, self.n_heads = d_model, n_heads
         self.head = Linear(d_model, d_model)
@@ -252,8 +284,7 @@ class MHMoE(Module):
         return self.inner.n_experts
 
     def forward(self, x, noise=None, uniform=None):
-        if x.shape[-1] != self.d_model:
-            raise ValueError(f"MHMoE: x must be (..., d_model={self.d_model}), got shape {x.shape}")
+        x = as_input(self, x, "..., d_model", self.d_model)
         sub_tokens = F.reshape(self.head(x), (-1, self.d_model // self.n_heads))  # (N * h, d / h)
         y, aux = self.inner(sub_tokens, noise=noise, uniform=uniform)
         return self.merge(F.reshape(y, x.shape)), aux
@@ -271,9 +302,10 @@ class MixtureOfLocalExperts(Module):
     LOSSES = ("competitive", "cooperative")
 
     def __init__(self, d_in: int, d_out: int, n_experts: int, loss: str = "competitive"):
-        if loss not in self.LOSSES:
-            raise ValueError(f"loss must be one of {self.LOSSES}, got {loss!r}")
-        self.d_in, self.d_out, self.n_experts, self.loss_kind = d_in, d_out, n_experts, loss
+        owner = "MixtureOfLocalExperts"
+        self.d_in, self.d_out = integer(owner, "d_in", d_in, 1), integer(owner, "d_out", d_out, 1)
+        self.n_experts = integer(owner, "n_experts", n_experts, 1)
+        self.loss_kind = choice(owner, "loss", loss, self.LOSSES)
         self.gate = SoftmaxGate(d_in, n_experts)
         self.weight = uniform((n_experts, d_in, d_out), 1 / math.sqrt(d_in))
         self.bias = Parameter(np.zeros((n_experts, d_out), np.float32))
@@ -281,8 +313,7 @@ class MixtureOfLocalExperts(Module):
 
     def expert_outputs(self, x):
         """(N, d_in) -> (N, E, d_out): every expert on every input."""
-        if x.ndim != 2 or x.shape[1] != self.d_in:
-            raise ValueError(f"MixtureOfLocalExperts: x must be (N, d_in={self.d_in}), got shape {x.shape}")
+        x = as_input(self, x, "N, d_in", self.d_in)
         out = F.matmul(F.unsqueeze(x, 0), self.weight) + F.unsqueeze(self.bias, 1)  # (E, N, o)
         return F.transpose(out, (1, 0, 2))
 
@@ -291,8 +322,8 @@ class MixtureOfLocalExperts(Module):
         return self.last_routing.probs
 
     def forward(self, x):
-        gates = self.gates(x)
-        return F.sum(F.unsqueeze(gates, -1) * self.expert_outputs(x), axis=1), {}
+        outputs = self.expert_outputs(x)  # first: its input check names this layer
+        return F.sum(F.unsqueeze(self.gates(x), -1) * outputs, axis=1), {}
 
     def loss(self, x, target):
         loss_fn = losses.competitive_loss if self.loss_kind == "competitive" else losses.cooperative_loss

@@ -7,7 +7,10 @@ Every router maps tokens x (N, d) to a ``Routing``. Conventions (DESIGN section 
   "selective precision"): exp of float16 logits overflows at 11.1;
 - randomness is an argument: ``noise`` (standard normal, (N, E)) for noisy top-k,
   ``uniform`` ((N,) in [0, 1)) for GShard's random second expert or (N, d) for Switch's
-  jitter; left as None, it is drawn from the library generator (``tm.manual_seed``).
+  jitter; left as None, it is drawn from the library generator (``tm.manual_seed``). A given
+  array of the wrong shape, not finite or (uniform) outside [0, 1) is refused by name;
+- tokens follow the rule of every layer (``nn.checks.as_input``): float (N, d_model), a
+  Tensor, array or list; integer or boolean tokens are refused. N = 0 gives an empty Routing.
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ from tinymoe import backend
 from tinymoe import functional as F
 from tinymoe.backend import array_module
 from tinymoe.moe.dispatch import capacity, capacity_drop, fused_topk
+from tinymoe.nn.checks import as_input, divisor
 from tinymoe.nn.layers import normal
 from tinymoe.nn.module import Module, Parameter
 from tinymoe.tensor import Tensor
+from tinymoe.validate import ArgumentTypeError, choice, integer, real
 
 
 @dataclass
@@ -57,24 +62,38 @@ def router_precision(x: Tensor) -> Tensor:
     return F.astype(x, np.float32) if x.dtype.itemsize < 4 else x
 
 
-def check_k(k: int, n_experts: int) -> None:
-    if not isinstance(k, (int, np.integer)) or not 1 <= k <= n_experts:
-        raise ValueError(f"k must be an integer in [1, n_experts={n_experts}], got {k!r}")
+def _check_capacity_factor(owner: str, capacity_factor, optional: bool = False):
+    """A finite factor > 0 (any size: the routers never make more than N rows per expert),
+    or None (no capacity: dropless) where ``optional``."""
+    if optional and capacity_factor is None:
+        return None
+    return real(owner, "capacity_factor", capacity_factor, 0, low_open=True)
 
 
-def _check_tokens(name: str, x: Tensor, d_model: int) -> None:
-    if x.ndim != 2 or x.shape[1] != d_model:
-        raise ValueError(f"{name}: tokens must be (N, d_model={d_model}), got shape {x.shape}")
+def _capacity(capacity_factor: float, n_tokens: int, n_experts: int, k: int) -> int:
+    """``capacity()``, but at most N: an expert gets at most one slot per token, so more rows
+    would only be padding (and capacity_factor=1e300 would ask for more memory than exists)."""
+    return min(capacity(capacity_factor, n_tokens, n_experts, k), max(n_tokens, 1))
 
 
-def _draw(device: str, given, shape, kind: str):
-    """The caller's random array, checked, or a fresh one from the library generator."""
+def _draw(router: Router, x: Tensor, name: str, given, shape):
+    """The caller's random array ``noise`` (standard normal) or ``uniform`` (in [0, 1)),
+    checked, or a fresh one from the library generator."""
+    shape = tuple(shape)
     if given is None:
-        generator = backend.rng(device)
-        return generator.standard_normal(shape) if kind == "normal" else generator.random(shape)
+        generator = backend.rng(x.device)
+        return generator.standard_normal(shape) if name == "noise" else generator.random(shape)
+    owner = type(router).__name__
     given = given.data if isinstance(given, Tensor) else given
-    if tuple(given.shape) != tuple(shape):
-        raise ValueError(f"{kind} noise must have shape {tuple(shape)}, got {tuple(given.shape)}")
+    given = backend.to_device(backend.array_module(given).asarray(given), x.device)
+    if given.shape != shape:
+        raise ValueError(f"{owner}: {name} must have shape {shape}, got {given.shape}")
+    if given.dtype.kind not in "iuf":
+        raise ArgumentTypeError(f"{owner}: {name} must hold real numbers, got dtype {given.dtype}")
+    if given.size and not bool(backend.array_module(given).isfinite(given).all()):
+        raise ValueError(f"{owner}: {name} must be finite, got a NaN or infinite value")
+    if name == "uniform" and given.size and not (0 <= given.min() and given.max() < 1):
+        raise ValueError(f"{owner}: uniform must lie in [0, 1), got values from {given.min()} to {given.max()}")
     return given
 
 
@@ -93,14 +112,18 @@ class Router(Module):
     """A linear router: logits = x W_gate (+ b_gate), W_gate of shape (d_model, n_experts)."""
 
     def __init__(self, d_model: int, n_experts: int, init_std: float | None = None, bias: bool = False):
-        if n_experts < 1:
-            raise ValueError(f"n_experts must be >= 1, got {n_experts}")
+        owner = type(self).__name__
+        d_model, n_experts = integer(owner, "d_model", d_model, 1), integer(owner, "n_experts", n_experts, 1)
+        init_std = 1 / math.sqrt(d_model) if init_std is None else real(owner, "init_std", init_std, 0)
         self.d_model, self.n_experts = d_model, n_experts
-        self.w_gate = normal((d_model, n_experts), 1 / math.sqrt(d_model) if init_std is None else init_std)
+        self.w_gate = normal((d_model, n_experts), init_std)
         self.b_gate = Parameter(np.zeros(n_experts, np.float32)) if bias else None
 
+    def __call__(self, x, noise=None, uniform=None) -> Routing:
+        """Route the tokens x (N, d_model), checked by the one input rule of the layers."""
+        return self.forward(as_input(self, x, "N, d_model", self.d_model), noise=noise, uniform=uniform)
+
     def logits(self, x: Tensor) -> Tensor:
-        _check_tokens(type(self).__name__, x, self.d_model)
         logits = F.matmul(router_precision(x), self.w_gate)
         return logits + self.b_gate if self.b_gate is not None else logits
 
@@ -131,9 +154,8 @@ class NoisyTopKRouter(Router):
     """
 
     def __init__(self, d_model: int, n_experts: int, k: int, noisy: bool = True):
-        check_k(k, n_experts)
         super().__init__(d_model, n_experts)
-        self.k, self.noisy = k, noisy
+        self.k, self.noisy = integer(type(self).__name__, "k", k, 1, self.n_experts), noisy
         self.w_gate = Parameter(np.zeros((d_model, n_experts), np.float32))
         self.w_noise = Parameter(np.zeros((d_model, n_experts), np.float32))
 
@@ -143,7 +165,7 @@ class NoisyTopKRouter(Router):
         noisy = clean
         if self.training and self.noisy:
             std = F.softplus(F.matmul(router_precision(x), self.w_noise))
-            eps = _draw(x.device, noise, clean.shape, "normal").astype(clean.dtype)  # float64 draws
+            eps = _draw(self, x, "noise", noise, clean.shape).astype(clean.dtype)  # float64 draws
             noisy = clean + eps * std
             extras.update(noisy_logits=noisy, noise_std=std)
         values, index = F.topk(noisy, self.k)
@@ -162,9 +184,8 @@ class TopKRouter(Router):
     """
 
     def __init__(self, d_model: int, n_experts: int, k: int, normalize: bool = True, init_std=None):
-        check_k(k, n_experts)
         super().__init__(d_model, n_experts, init_std)
-        self.k, self.normalize = k, normalize
+        self.k, self.normalize = integer(type(self).__name__, "k", k, 1, self.n_experts), normalize
 
     def scores(self, x):
         """(logits, probs) before top-k; the cosine router overrides this."""
@@ -192,25 +213,27 @@ class SwitchRouter(Router):
     capacity = ceil(capacity_factor * N / E), overflow dropped (the residual carries it).
 
     Router weights start small: N(0, 0.1 / d_model), the paper's reduced init scale.
-    ``jitter`` > 0 multiplies the router input by U(1 - jitter, 1 + jitter) in training.
+    ``jitter`` in [0, 1] multiplies the router input by U(1 - jitter, 1 + jitter) in training
+    (above 1 the factor could flip a token's sign).
     """
 
     def __init__(self, d_model: int, n_experts: int, capacity_factor: float | None = 1.25, jitter: float = 0.0):
+        owner = type(self).__name__
+        d_model = integer(owner, "d_model", d_model, 1)  # before the init scale divides by it
         super().__init__(d_model, n_experts, init_std=math.sqrt(0.1 / d_model))
-        if capacity_factor is not None:
-            capacity(capacity_factor, 1, 1)  # validates > 0
-        self.capacity_factor, self.jitter = capacity_factor, jitter
+        self.capacity_factor = _check_capacity_factor(owner, capacity_factor, optional=True)
+        self.jitter = real(owner, "jitter", jitter, 0, 1)
 
     def forward(self, x, noise=None, uniform=None):
         if self.training and self.jitter > 0:
-            u = _draw(x.device, uniform, x.shape, "uniform")
+            u = _draw(self, x, "uniform", uniform, x.shape)
             x = x * (1 - self.jitter + 2 * self.jitter * u).astype(x.dtype)
         logits = self.logits(x)
         probs = F.softmax(logits, axis=-1)
         weight, index = F.topk(probs, 1)
         cap, dropped = None, _no_drops(index)
         if self.capacity_factor is not None:
-            cap = capacity(self.capacity_factor, x.shape[0], self.n_experts, 1)
+            cap = _capacity(self.capacity_factor, x.shape[0], self.n_experts, 1)
             dropped = capacity_drop(index, self.n_experts, cap)
         return Routing(logits, probs, index, _mask_dropped(weight, dropped), dropped, cap)
 
@@ -227,14 +250,10 @@ class GShardRouter(Router):
     POLICIES = ("random", "all")
 
     def __init__(self, d_model: int, n_experts: int, capacity_factor: float | None = 1.0, second_policy="random"):
-        if n_experts < 2:
-            raise ValueError(f"GShard routes to 2 experts: n_experts must be >= 2, got {n_experts}")
-        if second_policy not in self.POLICIES:
-            raise ValueError(f"second_policy must be one of {self.POLICIES}, got {second_policy!r}")
-        super().__init__(d_model, n_experts)
-        if capacity_factor is not None:
-            capacity(capacity_factor, 1, 1)
-        self.capacity_factor, self.second_policy = capacity_factor, second_policy
+        owner = type(self).__name__
+        super().__init__(d_model, integer(owner, "n_experts", n_experts, 2))  # top-2: two experts at least
+        self.capacity_factor = _check_capacity_factor(owner, capacity_factor, optional=True)
+        self.second_policy = choice(owner, "second_policy", second_policy, self.POLICIES)
 
     def forward(self, x, noise=None, uniform=None):
         logits = self.logits(x)
@@ -243,11 +262,11 @@ class GShardRouter(Router):
         weight = top2 / F.sum(top2, axis=-1, keepdims=True)  # normalised before dropping
         dropped = _no_drops(index)
         if self.second_policy == "random" and self.training:
-            u = _draw(x.device, uniform, (x.shape[0],), "uniform")
+            u = _draw(self, x, "uniform", uniform, (x.shape[0],))
             dropped[:, 1] = ~(2 * weight.data[:, 1] > u)
         cap = None
         if self.capacity_factor is not None:
-            cap = capacity(self.capacity_factor, x.shape[0], self.n_experts, 2)
+            cap = _capacity(self.capacity_factor, x.shape[0], self.n_experts, 2)
             dropped = capacity_drop(index, self.n_experts, cap, dropped)
         return Routing(logits, probs, index, _mask_dropped(weight, dropped), dropped, cap)
 
@@ -266,19 +285,19 @@ class DeepSeekRouter(Router):
 
     def __init__(self, d_model: int, n_experts: int, k: int, score: str = "sigmoid", n_group: int = 1,
                  topk_group: int = 1, routed_scale: float = 1.0, normalize: bool = True, bias_update: float = 0.0):
-        check_k(k, n_experts)
-        if score not in ("softmax", "sigmoid"):
-            raise ValueError(f"score must be 'softmax' or 'sigmoid', got {score!r}")
-        if n_group < 1 or n_experts % n_group:
-            raise ValueError(f"n_group must be >= 1 and divide n_experts={n_experts}, got {n_group}")
-        if not 1 <= topk_group <= n_group:
-            raise ValueError(f"topk_group must lie in [1, n_group={n_group}], got {topk_group}")
-        if k > topk_group * (n_experts // n_group):
-            held = topk_group * (n_experts // n_group)
-            raise ValueError(f"k={k} is more than the experts in the {topk_group} kept groups ({held})")
         super().__init__(d_model, n_experts)
-        self.k, self.score, self.n_group, self.topk_group = k, score, n_group, topk_group
-        self.routed_scale, self.normalize, self.bias_update = routed_scale, normalize, bias_update
+        owner, n_experts = type(self).__name__, self.n_experts
+        self.k = integer(owner, "k", k, 1, n_experts)
+        self.score = choice(owner, "score", score, ("softmax", "sigmoid"))
+        self.n_group = divisor(owner, "n_group", n_group, "n_experts", n_experts)
+        self.topk_group = integer(owner, "topk_group", topk_group, 1, self.n_group)
+        held = self.topk_group * (n_experts // self.n_group)
+        if self.k > held:
+            raise ValueError(f"{owner}: k must be at most the {held} experts in the topk_group={self.topk_group} "
+                             f"best groups, got {self.k}")
+        self.routed_scale = real(owner, "routed_scale", routed_scale, 0, low_open=True)
+        self.normalize = normalize
+        self.bias_update = real(owner, "bias_update", bias_update, 0)
         self.register_buffer("bias", np.zeros(n_experts, np.float32))
 
     def forward(self, x, noise=None, uniform=None):
@@ -304,7 +323,7 @@ class DeepSeekRouter(Router):
         """Set the scores of experts outside the topk_group best groups to -inf."""
         xp = array_module(choose)
         n = choose.shape[0]
-        grouped = choose.reshape(n, self.n_group, -1)
+        grouped = choose.reshape(n, self.n_group, self.n_experts // self.n_group)  # no -1: N may be 0
         if self.score == "sigmoid":  # V3: a group's score is the sum of its two best experts
             group_score = xp.sort(grouped, axis=-1)[..., -2:].sum(axis=-1)
         else:  # V2: a group (device) scores as its best expert
@@ -312,7 +331,7 @@ class DeepSeekRouter(Router):
         best = xp.argsort(-group_score, axis=-1, kind="stable")[:, : self.topk_group]
         keep = xp.zeros((n, self.n_group), bool)
         xp.put_along_axis(keep, best, True, axis=-1)
-        return xp.where(keep[..., None], grouped, -xp.inf).reshape(n, -1)
+        return xp.where(keep[..., None], grouped, -xp.inf).reshape(choose.shape)
 
     def update_bias(self, expert_index) -> None:
         """V3's balancing step, after each training step: b_i += gamma * sign(mean_load - load_i).
@@ -334,18 +353,18 @@ class ExpertChoiceRouter(Router):
 
     def __init__(self, d_model: int, n_experts: int, capacity_factor: float = 2.0):
         super().__init__(d_model, n_experts)
-        capacity(capacity_factor, 1, 1)
-        self.capacity_factor = capacity_factor
+        self.capacity_factor = _check_capacity_factor(type(self).__name__, capacity_factor)
 
     def forward(self, x, noise=None, uniform=None):
         logits = self.logits(x)
         probs = F.softmax(logits, axis=-1)
         n = x.shape[0]
-        cap = min(n, capacity(self.capacity_factor, n, self.n_experts, 1))
-        _, tokens = F.topk(probs, cap, axis=0)  # (C, E): each expert's chosen tokens, best first
-        xp = array_module(tokens)
+        cap = _capacity(self.capacity_factor, n, self.n_experts, 1)
+        xp = array_module(probs.data)
         chosen = xp.zeros(probs.shape, bool)
-        xp.put_along_axis(chosen, tokens, True, axis=0)
+        if n:  # an empty batch has no tokens to choose
+            _, tokens = F.topk(probs, cap, axis=0)  # (C, E): each expert's chosen tokens, best first
+            xp.put_along_axis(chosen, tokens, True, axis=0)
         index = xp.broadcast_to(xp.arange(self.n_experts), probs.shape).copy()
         weight = probs * chosen.astype(probs.dtype)
         return Routing(logits, probs, index, weight, ~chosen, cap)
@@ -363,13 +382,14 @@ class CosineRouter(TopKRouter):
     def __init__(self, d_model: int, n_experts: int, k: int, d_route: int = 16, normalize: bool = True,
                  temperature: float = 0.07):
         super().__init__(d_model, n_experts, k, normalize)
+        d_route = integer(type(self).__name__, "d_route", d_route, 1)
+        temperature = real(type(self).__name__, "temperature", temperature, 0, low_open=True)
         del self.w_gate  # replaced by the projection and the expert embeddings
         self.w_proj = normal((d_model, d_route), 1 / math.sqrt(d_model))
         self.expert_embed = normal((n_experts, d_route), 1.0)
         self.temperature = Parameter(np.array(temperature, np.float32))
 
     def logits(self, x):
-        _check_tokens(type(self).__name__, x, self.d_model)
         z = F.matmul(router_precision(x), self.w_proj)
         z = z / F.sqrt(F.sum(z * z, axis=-1, keepdims=True) + 1e-12)
         e = self.expert_embed / F.sqrt(F.sum(self.expert_embed * self.expert_embed, axis=-1, keepdims=True) + 1e-12)

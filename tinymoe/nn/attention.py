@@ -13,22 +13,26 @@ import numpy as np
 
 from tinymoe import functional as F
 from tinymoe.backend import array_module
+from tinymoe.nn.checks import as_input, divisor, probability
 from tinymoe.nn.layers import Dropout, Linear
 from tinymoe.nn.module import Module
+from tinymoe.validate import integer
 
 
 class CausalSelfAttention(Module):
     def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0, dtype=np.float32):
-        if n_heads < 1 or d_model % n_heads:
-            raise ValueError(f"CausalSelfAttention: n_heads must be >= 1 and divide d_model={d_model}, got {n_heads}")
-        self.d_model, self.n_heads = d_model, n_heads
+        self.d_model = integer("CausalSelfAttention", "d_model", d_model, 1)
+        self.n_heads = divisor("CausalSelfAttention", "n_heads", n_heads, "d_model", d_model)
         self.qkv = Linear(d_model, 3 * d_model, dtype=dtype)  # W_q, W_k, W_v side by side
         self.out = Linear(d_model, d_model, dtype=dtype)
-        self.dropout = Dropout(dropout)
+        self.dropout = Dropout(probability("CausalSelfAttention", "dropout", dropout))
 
     def forward(self, x):
         """x (B, T, d) -> (B, T, d); position t attends to positions 0..t only."""
+        x = as_input(self, x, "batch, time, d_model", self.d_model)
         batch, steps, d = x.shape
+        if steps == 0:  # no positions, nothing to attend to (and softmax cannot reduce an empty axis)
+            return self.out(x)
         head = d // self.n_heads
 
         def heads(t):  # (B, T, d) -> (B, h, T, d/h)

@@ -12,8 +12,10 @@ from __future__ import annotations
 import numpy as np
 
 from tinymoe import functional as F
+from tinymoe.nn.checks import as_input
 from tinymoe.nn.layers import Linear
 from tinymoe.nn.module import Module
+from tinymoe.validate import choice, integer
 
 ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu}
 FFN_KINDS = ("relu", "gelu", "swiglu")
@@ -21,9 +23,10 @@ FFN_KINDS = ("relu", "gelu", "swiglu")
 
 class FeedForward(Module):
     def __init__(self, d_model: int, d_hidden: int, activation: str = "gelu", bias: bool = True, dtype=np.float32):
-        if activation not in FFN_KINDS:
-            raise ValueError(f"FeedForward: activation must be one of {FFN_KINDS}, got {activation!r}")
-        self.activation = activation
+        # checked here, by these names: the Linear layers would call them d_in and d_out
+        d_model = integer("FeedForward", "d_model", d_model, 1)
+        d_hidden = integer("FeedForward", "d_hidden", d_hidden, 1)
+        self.activation = choice("FeedForward", "activation", activation, FFN_KINDS)
         gated = activation == "swiglu"
         self.w1 = Linear(d_model, d_hidden, bias=bias and not gated, dtype=dtype)
         if gated:  # the gated variant has no biases, as in PaLM and Mixtral
@@ -31,6 +34,7 @@ class FeedForward(Module):
         self.w2 = Linear(d_hidden, d_model, bias=bias and not gated, dtype=dtype)
 
     def forward(self, x):
+        x = as_input(self, x, "..., d_model", self.w1.d_in)
         if self.activation == "swiglu":
             return self.w2(F.silu(self.w1(x)) * self.w3(x))
         return self.w2(ACTIVATIONS[self.activation](self.w1(x)))

@@ -12,7 +12,9 @@ import numpy as np
 
 from tinymoe import backend
 from tinymoe import functional as F
+from tinymoe.nn.checks import as_input, probability, token_ids
 from tinymoe.nn.module import Module, Parameter
+from tinymoe.validate import integer, real
 
 
 def uniform(shape, bound: float, dtype=np.float32) -> Parameter:
@@ -25,9 +27,9 @@ def normal(shape, std: float, dtype=np.float32) -> Parameter:
     return Parameter((backend.rng("cpu").standard_normal(shape) * std).astype(dtype))
 
 
-def _check_width(name: str, x, expected: int) -> None:
-    if x.shape[-1] != expected:
-        raise ValueError(f"{name}: input's last axis must have size {expected}, got shape {tuple(x.shape)}")
+def _norm_arguments(owner: str, d, eps) -> tuple[int, float]:
+    """A norm's width, and its eps (> 0: it keeps a constant row from dividing by 0)."""
+    return integer(owner, "d", d, 1), real(owner, "eps", eps, 0, low_open=True)
 
 
 class Linear(Module):
@@ -38,12 +40,14 @@ class Linear(Module):
     """
 
     def __init__(self, d_in: int, d_out: int, bias: bool = True, dtype=np.float32):
-        self.d_in, self.d_out = d_in, d_out
+        self.d_in, self.d_out = integer("Linear", "d_in", d_in, 1), integer("Linear", "d_out", d_out, 1)
         self.weight = uniform((d_in, d_out), 1 / math.sqrt(d_in), dtype)
         self.bias = Parameter(np.zeros(d_out, dtype)) if bias else None
 
     def forward(self, x):
-        _check_width("Linear", x, self.d_in)
+        x = as_input(self, x, "..., d_in", self.d_in)
+        if x.ndim == 1:  # a single token: matmul works on rows, so make it a batch of one
+            return F.squeeze(F.linear(F.unsqueeze(x, 0), self.weight, self.bias), 0)
         return F.linear(x, self.weight, self.bias)
 
     def extra_repr(self):
@@ -52,14 +56,14 @@ class Linear(Module):
 
 class Embedding(Module):
     """A lookup table: row i of ``weight`` (n, d) is the vector of token i. Init N(0, 0.02^2)
-    as in GPT-2."""
+    as in GPT-2. ``ids``: integers in [0, n) of any shape (a Tensor, array or list)."""
 
     def __init__(self, n: int, d: int, dtype=np.float32):
-        self.n, self.d = n, d
+        self.n, self.d = integer("Embedding", "n", n, 1), integer("Embedding", "d", d, 1)
         self.weight = normal((n, d), 0.02, dtype)
 
     def forward(self, ids):
-        return F.embedding(self.weight, ids)
+        return F.embedding(self.weight, token_ids("Embedding", ids, self.device))
 
     def extra_repr(self):
         return f"{self.n}, {self.d}"
@@ -69,13 +73,12 @@ class LayerNorm(Module):
     """Normalise the last axis to mean 0, variance 1, then scale and shift (Ba et al. 2016)."""
 
     def __init__(self, d: int, eps: float = 1e-5, dtype=np.float32):
-        self.d, self.eps = d, eps
+        self.d, self.eps = _norm_arguments("LayerNorm", d, eps)
         self.weight = Parameter(np.ones(d, dtype))
         self.bias = Parameter(np.zeros(d, dtype))
 
     def forward(self, x):
-        _check_width("LayerNorm", x, self.d)
-        return F.layer_norm(x, self.weight, self.bias, self.eps)
+        return F.layer_norm(as_input(self, x, "..., d", self.d), self.weight, self.bias, self.eps)
 
     def extra_repr(self):
         return f"{self.d}"
@@ -85,12 +88,11 @@ class RMSNorm(Module):
     """Divide the last axis by its root mean square, then scale (Zhang & Sennrich 2019)."""
 
     def __init__(self, d: int, eps: float = 1e-6, dtype=np.float32):
-        self.d, self.eps = d, eps
+        self.d, self.eps = _norm_arguments("RMSNorm", d, eps)
         self.weight = Parameter(np.ones(d, dtype))
 
     def forward(self, x):
-        _check_width("RMSNorm", x, self.d)
-        return F.rms_norm(x, self.weight, self.eps)
+        return F.rms_norm(as_input(self, x, "..., d", self.d), self.weight, self.eps)
 
     def extra_repr(self):
         return f"{self.d}"
@@ -100,12 +102,10 @@ class Dropout(Module):
     """Inverted dropout while training; the identity in ``eval()`` mode."""
 
     def __init__(self, p: float = 0.1):
-        if not 0 <= p < 1:
-            raise ValueError(f"Dropout: p must be in [0, 1), got {p}")
-        self.p = p
+        self.p = probability("Dropout", "p", p)
 
     def forward(self, x):
-        return F.dropout(x, self.p, self.training)
+        return F.dropout(as_input(self, x), self.p, self.training)
 
     def extra_repr(self):
         return f"p={self.p}"

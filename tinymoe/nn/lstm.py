@@ -18,9 +18,11 @@ import numpy as np
 
 from tinymoe import functional as F
 from tinymoe.backend import array_module
+from tinymoe.nn.checks import as_input
 from tinymoe.nn.layers import uniform
 from tinymoe.nn.module import Module, ModuleList, Parameter
 from tinymoe.tensor import Tensor
+from tinymoe.validate import integer
 
 
 class LSTMLayer(Module):
@@ -28,7 +30,7 @@ class LSTMLayer(Module):
     that early in training the cell remembers (Jozefowicz et al. 2015)."""
 
     def __init__(self, d_in: int, d_hidden: int, dtype=np.float32):
-        self.d_in, self.d_hidden = d_in, d_hidden
+        self.d_in, self.d_hidden = integer("LSTMLayer", "d_in", d_in, 1), integer("LSTMLayer", "d_hidden", d_hidden, 1)
         bound = 1 / math.sqrt(d_hidden)
         self.w_ih = uniform((d_in, 4 * d_hidden), bound, dtype)
         self.w_hh = uniform((d_hidden, 4 * d_hidden), bound, dtype)
@@ -38,6 +40,7 @@ class LSTMLayer(Module):
 
     def forward(self, x, state=None):
         """x (B, T, d_in) -> outputs (B, T, h) and the final state (h_T, c_T), each (B, h)."""
+        x = as_input(self, x, "batch, time, d_in", self.d_in)
         batch, steps, _ = x.shape
         if state is None:  # start from zeros on x's device
             h = c = Tensor(array_module(x.data).zeros((batch, self.d_hidden), x.dtype))
@@ -51,6 +54,8 @@ class LSTMLayer(Module):
             c = F.sigmoid(f) * c + F.sigmoid(i) * F.tanh(g)
             h = F.sigmoid(o) * F.tanh(c)
             outputs.append(h)
+        if not outputs:  # no time steps: an empty (B, 0, h), still on x's graph (its gradient: none)
+            return x_part[..., : self.d_hidden], (h, c)
         return F.stack(outputs, axis=1), (h, c)
 
 
@@ -58,6 +63,7 @@ class LSTM(Module):
     """A stack of ``n_layers`` LSTM layers, batch first: (B, T, d_in) -> (B, T, d_hidden)."""
 
     def __init__(self, d_in: int, d_hidden: int, n_layers: int = 1, dtype=np.float32):
+        n_layers = integer("LSTM", "n_layers", n_layers, 1)
         self.layers = ModuleList(LSTMLayer(d_in if i == 0 else d_hidden, d_hidden, dtype) for i in range(n_layers))
 
     def forward(self, x, state=None):
