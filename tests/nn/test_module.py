@@ -190,3 +190,11 @@ def test_tied_weights_are_listed_once():
 
     names = [name for name, _ in Tied().named_parameters()]
     assert names == ["embed.weight"]
+
+
+def test_load_state_dict_refuses_values_that_are_not_numbers():
+    layer = tm.nn.Linear(2, 3)
+    state = layer.state_dict()
+    state["weight"] = np.full((2, 3), "w")
+    with pytest.raises(ValueError, match=r"not numbers: weight: dtype <U1"):
+        layer.load_state_dict(state)

@@ -136,3 +136,12 @@ def test_pow_with_a_scalar_exponent_has_the_right_base_gradient_at_zero():
     (x**3).sum().backward()
     np.testing.assert_allclose(x.grad, 3 * np.array([0.0, 1.5, -2.0]) ** 2)
     assert tm.gradcheck(lambda t: t**3, [x])
+
+
+def test_softmax_family_over_an_empty_axis():
+    x = tm.tensor(np.zeros((2, 0)), requires_grad=True)
+    assert F.softmax(x, axis=-1).shape == (2, 0) and F.log_softmax(x, axis=-1).shape == (2, 0)
+    lse = F.logsumexp(x, axis=-1)
+    np.testing.assert_array_equal(lse.data, [-np.inf, -np.inf])  # the log of an empty sum, as SciPy gives
+    F.softmax(x, axis=-1).sum().backward()
+    assert x.grad.shape == (2, 0)

@@ -22,7 +22,7 @@ gradient (a gate of exactly 0, a noise scale of exactly 0, sigmoid scores that u
 """
 
 from tinymoe import functional as F
-from tinymoe.backend import array_module
+from tinymoe.backend import array_module, xp_of
 from tinymoe.nn.checks import divisor
 from tinymoe.tensor import Tensor
 from tinymoe.validate import integer
@@ -126,7 +126,7 @@ def load_loss(clean_logits, noisy_logits, noise_std, k: int) -> Tensor:
     margin = clean_logits - kth_excluding(noisy_logits, k)
     std = noise_std.data if isinstance(noise_std, Tensor) else noise_std
     no_noise = std == 0
-    xp = array_module(margin.data)
+    xp = xp_of(margin.device)
     step = (xp.sign(margin.data) + 1) / 2  # 1, 0 or 1/2
     prob = F.where(no_noise, step.astype(margin.dtype), F.normal_cdf(margin / F.where(no_noise, 1.0, noise_std)))
     return cv_squared(F.sum(prob, axis=0))

@@ -137,7 +137,7 @@ class SoftmaxGate(Router):
     def forward(self, x, noise=None, uniform=None):
         logits = self.logits(x)
         probs = F.softmax(logits, axis=-1)
-        xp = array_module(probs.data)
+        xp = backend.xp_of(probs.device)
         index = xp.broadcast_to(xp.arange(self.n_experts), probs.shape).copy()
         return Routing(logits, probs, index, probs, _no_drops(index))
 
@@ -170,7 +170,7 @@ class NoisyTopKRouter(Router):
             extras.update(noisy_logits=noisy, noise_std=std)
         values, index = F.topk(noisy, self.k)
         weight = F.softmax(values, axis=-1)  # softmax over the k kept logits
-        zeros = Tensor(array_module(weight.data).zeros(clean.shape, weight.dtype))
+        zeros = Tensor(backend.xp_of(weight.device).zeros(clean.shape, weight.dtype))
         gates = F.scatter_add(zeros, index, weight, axis=-1)  # G(x): (N, E), zero outside top k
         return Routing(noisy, gates, index, weight, _no_drops(index), extras=extras)
 
@@ -308,7 +308,7 @@ class DeepSeekRouter(Router):
                 scores, index, weight = fused
                 return Routing(logits, scores, index, weight, _no_drops(index))
         scores = F.softmax(logits, axis=-1) if self.score == "softmax" else F.sigmoid(logits)
-        xp = array_module(scores.data)
+        xp = backend.xp_of(scores.device)
         choose = scores.data + self.bias.data  # selection only: no gradient, weights stay unbiased
         if self.n_group > 1:
             choose = self._keep_best_groups(choose)
@@ -360,7 +360,7 @@ class ExpertChoiceRouter(Router):
         probs = F.softmax(logits, axis=-1)
         n = x.shape[0]
         cap = _capacity(self.capacity_factor, n, self.n_experts, 1)
-        xp = array_module(probs.data)
+        xp = backend.xp_of(probs.device)
         chosen = xp.zeros(probs.shape, bool)
         if n:  # an empty batch has no tokens to choose
             _, tokens = F.topk(probs, cap, axis=0)  # (C, E): each expert's chosen tokens, best first

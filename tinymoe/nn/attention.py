@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from tinymoe import functional as F
-from tinymoe.backend import array_module
+from tinymoe.backend import xp_of
 from tinymoe.nn.checks import as_input, divisor, probability
 from tinymoe.nn.layers import Dropout, Linear
 from tinymoe.nn.module import Module
@@ -31,8 +31,6 @@ class CausalSelfAttention(Module):
         """x (B, T, d) -> (B, T, d); position t attends to positions 0..t only."""
         x = as_input(self, x, "batch, time, d_model", self.d_model)
         batch, steps, d = x.shape
-        if steps == 0:  # no positions, nothing to attend to (and softmax cannot reduce an empty axis)
-            return self.out(x)
         head = d // self.n_heads
 
         def heads(t):  # (B, T, d) -> (B, h, T, d/h)
@@ -40,7 +38,7 @@ class CausalSelfAttention(Module):
 
         q, k, v = (heads(t) for t in F.split(self.qkv(x), 3, axis=-1))
         scores = F.matmul(q, F.swapaxes(k, -1, -2)) * (1 / math.sqrt(head))
-        xp = array_module(x.data)
+        xp = xp_of(x.device)
         causal = xp.tril(xp.ones((steps, steps), dtype=bool))
         scores = F.where(causal, scores, -np.inf)  # exp(-inf) = 0: future positions get no weight
         attention = self.dropout(F.softmax(scores, axis=-1))

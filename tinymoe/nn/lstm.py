@@ -17,7 +17,7 @@ import math
 import numpy as np
 
 from tinymoe import functional as F
-from tinymoe.backend import array_module
+from tinymoe.backend import xp_of
 from tinymoe.nn.checks import as_input
 from tinymoe.nn.layers import uniform
 from tinymoe.nn.module import Module, ModuleList, Parameter
@@ -43,7 +43,7 @@ class LSTMLayer(Module):
         x = as_input(self, x, "batch, time, d_in", self.d_in)
         batch, steps, _ = x.shape
         if state is None:  # start from zeros on x's device
-            h = c = Tensor(array_module(x.data).zeros((batch, self.d_hidden), x.dtype))
+            h = c = Tensor(xp_of(x.device).zeros((batch, self.d_hidden), x.dtype))
         else:
             h, c = state
         x_part = F.linear(x, self.w_ih, self.bias)  # all time steps at once

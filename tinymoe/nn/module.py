@@ -126,7 +126,9 @@ class Module:
         """Copy arrays into the parameters and buffers of the same names, bit for bit.
 
         Strict (the default): the names must match exactly. In both modes every shape must
-        agree. Otherwise a ValueError lists every missing, unexpected and mis-shaped entry.
+        agree and every value must be numbers (a string or an object array is no weight).
+        Otherwise a ValueError lists every missing, unexpected, mis-shaped and non-numeric
+        entry. As in PyTorch, numbers are cast to the parameter's dtype.
         """
         own = dict(self._named_tensors())
         missing = [k for k in own if k not in state]
@@ -136,7 +138,12 @@ class Module:
             for k in own
             if k in state and tuple(np.shape(state[k])) != own[k].shape
         ]
+        not_numbers = [
+            f"{k}: dtype {_dtype(state[k])}" for k in own if k in state and _dtype(state[k]).kind not in "fiub"
+        ]
         problems = []
+        if not_numbers:
+            problems.append("not numbers: " + "; ".join(not_numbers))
         if strict and missing:
             problems.append(f"missing keys: {missing}")
         if strict and unexpected:
@@ -156,6 +163,11 @@ class Module:
 
     def extra_repr(self) -> str:
         return ""
+
+
+def _dtype(value) -> np.dtype:
+    """The dtype of an array (NumPy or CuPy) or of what NumPy makes of a list or number."""
+    return value.dtype if hasattr(value, "dtype") else np.asarray(value).dtype
 
 
 class ModuleList(Module):

@@ -31,8 +31,11 @@ def _exponentials(x, axis):
     log s = -inf and a row holding +inf gives +inf, where inf - inf would give NaN.
     """
     xp = array_module(x)
-    m = x.max(axis=axis, keepdims=True)
-    m = xp.where(xp.isfinite(m), m, 0).astype(x.dtype)
+    if x.shape[axis] == 0:  # no terms: s = 0, so logsumexp = -inf and softmax is empty
+        m = xp.zeros(x.shape[:axis] + (1,) + x.shape[axis + 1 :], x.dtype)
+    else:
+        m = x.max(axis=axis, keepdims=True)
+        m = xp.where(xp.isfinite(m), m, 0).astype(x.dtype)
     z = x - m
     e = xp.exp(z)
     return m, z, e, e.sum(axis=axis, keepdims=True)
