@@ -71,8 +71,13 @@ class Gather(Function):
         return array_module(x).take_along_axis(x, self.index, axis=self.axis)
 
     def backward(self, g):
-        gx = array_module(g).zeros(self.shape, dtype=self.dtype)
-        add_at(gx, _open_mesh(self.index, self.axis), g)
+        # x and index broadcast against each other along the other axes, as in
+        # take_along_axis: scatter into x's shape stretched like g's, and the engine sums
+        # the stretched axes back to x's shape
+        xp = array_module(g)
+        a = self.axis
+        gx = xp.zeros(g.shape[:a] + self.shape[a : a + 1] + g.shape[a + 1 :], dtype=self.dtype)
+        add_at(gx, _open_mesh(xp.broadcast_to(self.index, g.shape), a), g)
         return (gx,)
 
 
@@ -95,7 +100,9 @@ class ScatterAdd(Function):
         return out
 
     def backward(self, g):
-        return g, array_module(g).take_along_axis(g, self.index, axis=self.axis)
+        # src[..., j, ...] went to the places _open_mesh names; index may be smaller than x
+        # along the other axes, where take_along_axis would broadcast it instead
+        return g, g[_open_mesh(self.index, self.axis)]
 
 
 class IndexAdd(Function):
@@ -107,6 +114,12 @@ class IndexAdd(Function):
     def forward(self, x, src):
         self.axis = normalize_axis(self.axis, x.ndim, "index_add")
         _check_indices("index_add", self.index, x.shape[self.axis])
+        expected = x.shape[: self.axis] + self.index.shape + x.shape[self.axis + 1 :]
+        if src.shape != expected:  # add_at would broadcast it, and backward could not undo that
+            raise ValueError(
+                f"index_add: src has shape {tuple(src.shape)}, but it must be x's shape with the "
+                f"index's length along axis {self.axis}: {tuple(expected)}"
+            )
         out = x.copy()
         add_at(out, _along(self.axis, self.index), src)
         return out

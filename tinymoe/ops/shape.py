@@ -3,6 +3,8 @@ gradient back the same way (reshape back, transpose back, sum over broadcast cop
 
 from __future__ import annotations
 
+import math
+
 from tinymoe.backend import add_at, array_module
 from tinymoe.ops.axes import normalize_axis, normalize_permutation
 from tinymoe.tensor import Function, Tensor
@@ -32,7 +34,8 @@ class Matmul(Function):
         gb = None
         if self.inputs[1].requires_grad:
             if b.ndim == 2:
-                gb = a.reshape(-1, a.shape[-1]).T @ g.reshape(-1, g.shape[-1])
+                rows = math.prod(a.shape[:-1])  # explicit, not -1: an empty axis leaves -1 undefined
+                gb = a.reshape(rows, a.shape[-1]).T @ g.reshape(rows, g.shape[-1])
             else:
                 gb = xp.swapaxes(a, -1, -2) @ g  # summed over broadcast axes by the engine
         return ga, gb
