@@ -3,7 +3,7 @@
 #
 # Every model in this course, from the 1991 mixture of local experts to DeepSeek-V3, is
 # trained by gradient descent, and every gradient comes from the small engine in
-# `tinymoe/tensor.py` (about 300 lines) and the ops in `tinymoe/ops/`. This lesson opens
+# `tinymoe/tensor.py` (about 400 lines) and the ops in `tinymoe/ops/`. This lesson opens
 # that engine. By the end you will have:
 #
 # 1. seen what a `Tensor` records and what a `Function` is (a forward and its backward, side by side);
@@ -80,9 +80,10 @@ print(inspect.getsource(Exp))
 # %% [markdown]
 # `forward` works on raw arrays and keeps on `self` whatever `backward` will need.
 # `backward(g)` returns **one gradient per input** (a tuple). The glue is
-# `Function.__call__`: it unwraps the tensors, runs `forward`, wraps the result and, if any
-# input requires a gradient (and we are not inside `no_grad`), records `creator` and
-# `inputs`:
+# `Function.__call__`: it unwraps the tensors (`_data` is the raw array), runs `forward`,
+# wraps the result and, if any input requires a gradient (and we are not inside `no_grad`),
+# records `creator`, `inputs` and the output's shape (to check the gradients backward will
+# return), and marks the arrays forward saw as saved (section 9 shows why):
 
 # %%
 print(inspect.getsource(Function.__call__))
@@ -151,8 +152,9 @@ for name, m, lib, hand in zip("ab", mine, (a.grad, b.grad), by_hand, strict=True
 # %% [markdown]
 # The library's `Tensor.backward` is the same loop. Its topological sort uses an explicit
 # stack instead of recursion (a 10 000-op chain would hit Python's recursion limit), and,
-# besides small details (dtypes, `retain_grad`), it adds one line we left out:
-# `_sum_to_shape`, for broadcasting (section 6).
+# besides small details (dtypes, `retain_grad`, a check that each backward returns one
+# gradient per input), it adds one line we left out: `_sum_to_shape`, for broadcasting
+# (section 6).
 #
 # ## 4. A diamond: one tensor, two users
 #
@@ -263,7 +265,9 @@ print("c.grad", c.grad.shape, c.grad.ravel(), "  row sums of y_bar * X:", (y_bar
 print("X.grad", X.grad.shape, "equals y_bar * c:", np.array_equal(X.grad, y_bar * c.data))
 
 # %% [markdown]
-# The engine does this in one small function, called on every gradient in `backward()`:
+# The engine does this in one small function, called on every gradient in `backward()`.
+# It gets the input and the op, not just a shape, so that it can refuse a gradient whose
+# shape broadcasting cannot explain: that is a bug in the op's backward (section 9).
 
 # %%
 from tinymoe.tensor import _sum_to_shape
@@ -404,6 +408,37 @@ ax.legend()
 plt.show()
 
 # %% [markdown]
+# Two mistakes the engine catches for you when you write an op. A backward must return
+# **one gradient per input, of that input's shape**: returning two gradients for one input,
+# or a gradient with an extra axis, is an error naming the op (it would otherwise be
+# summed away into a silently wrong answer). And the graph keeps the arrays that forward
+# saw: editing `x.data` in place between forward and backward changes `x`, not the
+# gradient of the forward that already ran.
+
+# %%
+class TwoGradients(Function):
+    """softsign again, with a backward that returns one gradient too many."""
+
+    def forward(self, x):
+        self.denom = 1 + array_module(x).abs(x)
+        return x / self.denom
+
+    def backward(self, g):
+        return g / self.denom**2, g  # wrong: forward had one input
+
+
+try:
+    TwoGradients()(probe).sum().backward()
+except ValueError as error:
+    print("ValueError:", error)
+
+w = tm.tensor(np.array([1.0, 2.0, 3.0]), requires_grad=True)
+y = (w * w).sum()  # dy/dw = 2w = [2, 4, 6] at the values forward used
+w.data *= 100  # an in-place edit after forward...
+y.backward()
+print("w.data now:", w.data, "| w.grad:", w.grad)  # ...and still the gradient of that forward
+
+# %% [markdown]
 # ## 10. Experiment: a tiny MLP on two moons
 #
 # Everything together: `tm.nn.Linear` layers, `tanh`, `F.cross_entropy`, `backward()` and
@@ -504,10 +539,10 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# **Result.** After 1500 full-batch Adam steps (a couple of seconds) the MLP classifies
+# **Result.** After 1500 full-batch Adam steps (0.8 s in the saved run) the MLP classifies
 # 100% of the training points and 99.3% of the 300 test points; the boundary bends around
 # both moons. The loss plot also shows **overfitting**: the training loss keeps falling
-# (to 0.0022) while the test loss is lowest, 0.0169, at step 150 and then climbs to 0.059,
+# (to 0.0022) while the test loss is lowest, 0.0169, at step 150 and then climbs to 0.0596,
 # as the network grows more and more confident near the few training points that sit on the
 # wrong side. Accuracy hardly moves; the confidence does. (Exercise 4 asks you to try other
 # optimisers and depths.)
@@ -526,7 +561,8 @@ plt.show()
 #    shape (4, 3) and `b` of shape (3,). Your backward returns (4, 3) arrays for both: who
 #    turns `b`'s into shape (3,)? Verify it is the column sum.
 # 3. **Finish `my_backward`.** Run it on `X * c + b` from section 6: what goes wrong?
-#    Fix it with one call to `_sum_to_shape` and compare with the library.
+#    Fix it with one call to `_sum_to_shape(g_parent, parent, t.creator)` and compare with
+#    the library.
 # 4. **Optimisers and depth.** Retrain the MLP with `tm.optim.SGD(lr=0.1, momentum=0.9)`
 #    and with Adam, and plot both loss curves. Then remove the hidden layer `l2`; and then use
 #    a purely linear model (`Linear(2, 2)`): what test accuracy can a straight line reach?

@@ -64,6 +64,15 @@ print(inspect.getsource(losses.cooperative_loss))
 print(inspect.getsource(losses.competitive_loss))
 
 # %% [markdown]
+# The code is the two equations with two guards. `_mean_over_tokens` is the mean over the
+# $N$ cases (and 0 for an empty batch, not 0/0). The competitive loss first computes
+# $m = \log \sum_i p_i e^{f_i}$, with $f_i = -\frac12 \lVert d - o_i \rVert^2$ (`fit`), as a
+# plain number without gradient (`_log_mixture`), and returns
+# $E = -\big(m + \log \sum_i p_i e^{f_i - m}\big)$: the same value and the same gradients
+# (holding $m$ constant changes no gradient: the shift cancels), but the sum is now 1, so it cannot underflow to $\log 0$ when every
+# expert is far off, and $p_i$ enters linearly, not through $\log p_i$, so a gate of
+# exactly 0 still gets a finite gradient.
+#
 # ## 2. Their gradients, by hand
 #
 # **Cooperative.** $\bar y$ is linear in each $o_i$ with coefficient $p_i$, so

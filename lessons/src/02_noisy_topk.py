@@ -366,19 +366,19 @@ for (name, seed), run in sorted(results.items(), key=lambda item: item[0][1]):
 # over the first 25 steps). With $W_g = 0$ the router is pure noise, and noise spreads the
 # tokens evenly: a batch of 512 tokens sent to 2 random experts each has a CV of about 0.07
 # by chance alone (printed under the plot). Without the losses the CV climbs steadily and
-# levels off around 0.7 after about 500 steps (0.724 over the last 25 steps). The final
-# histogram shows the rich-get-richer pattern: experts 1, 2, 5 and 7 take 18-24% of the
-# assignments each, while experts 0, 3, 4 and 6 are left with 1.6-5.2%; the busiest expert
-# does 1.95 times the mean load (CV 0.691 for the load averaged over the last 50 steps).
+# levels off around 0.7 after about 500 steps (0.714 over the last 25 steps). The final
+# histogram shows the rich-get-richer pattern: experts 1, 2, 5 and 7 take 17-24% of the
+# assignments each, while experts 0, 3, 4 and 6 are left with 1.7-6.0%; the busiest expert
+# does 1.89 times the mean load (CV 0.680 for the load averaged over the last 50 steps).
 # With $w_{importance} = w_{load} = 0.1$ the CV stays near 0.07 for the whole run, the
 # level of chance for one batch, and the load averaged over the last 50 steps is flat
 # (CV 0.006, max/mean 1.01).
 #
-# **Validation loss.** With seed 0, 1.696 nats per character without the losses
-# (perplexity 5.45) and 1.712 with them (5.54); with seed 1, 1.747 and 1.742. The order flips
-# between seeds and both differences (0.016 and 0.005) are small: at our scale the balance
+# **Validation loss.** With seed 0, 1.697 nats per character without the losses
+# (perplexity 5.46) and 1.712 with them (5.54); with seed 1, 1.746 and 1.743. The order flips
+# between seeds and both differences (0.015 and 0.003) are small: at our scale the balance
 # losses neither help nor hurt the loss measurably, even though seed 1 collapses further
-# without them (load CV 0.986). Shazeer et al.'s Table 6 shows a clear gain instead: test perplexity 39.8
+# without them (load CV 1.000). Shazeer et al.'s Table 6 shows a clear gain instead: test perplexity 39.8
 # without the losses against about 35.6 with either or both of them. The reasons for the
 # gap are scale and task:
 #

@@ -284,11 +284,11 @@ plt.show()
 # all first choices fit, and even then 22.3% of the second choices are dropped.
 #
 # After 800 steps with the balance loss, the first choices are spread over all 8 experts
-# (35 to 97 each). From factor 1.0 up no first choice overflows (0.2% at 0.75); second
-# choices need more room: 36.6% of those sent overflow at factor 1.0, 6.2% at 1.25 and none
+# (35 to 109 each). From factor 1.0 up no first choice overflows (3.5% at 0.75); second
+# choices need more room: 41.4% of those sent overflow at factor 1.0, 11.7% at 1.25 and none
 # from 1.5 on. Factor 0.5 is special: the buffers have $8 \times 64 = 512$ rows, one per
 # token, for up to 1024 (token, choice) slots, so at least half of the slots are dropped
-# whatever the router does (here 14.6% of the first choices and 86.6% of the second).
+# whatever the router does (here 17.8% of the first choices and 82.1% of the second).
 # Balanced routing is what makes a small capacity factor possible; our factor 1 is the
 # load of a perfectly balanced top-2 layer, $2S/E$ rows per expert.
 #
@@ -336,19 +336,19 @@ router.second_policy, router.capacity_factor = "random", 1.0
 # %% [markdown]
 # **What random routing does.** The trained router's second gates cover the whole range,
 # with many tokens near $g_2 = 0.5$ (two experts about equally good) and a second group
-# around 0.1-0.2. Their mean is 0.301, so random routing sends 60.3% of the second choices
-# on average (59.8% in this draw). First choices are never affected: they are served first.
+# around 0.1-0.2. Their mean is 0.314, so random routing sends 62.7% of the second choices
+# on average (63.3% in this draw). First choices are never affected: they are served first.
 # Compared with sending every second choice (`all`):
 #
-# - at factor 1.25, random routing runs 1.56 experts per token instead of 1.75 and fills
-#   62.4% of the buffers instead of 70.0%, yet keeps the same share of the total second-gate
-#   weight (70.9% against 70.4%): the second experts it skips are the ones with small weights
-#   (the kept ones average $g_2 = 0.381$, against 0.283 with `all`);
-# - at factor 1.0, `all` keeps more second experts (56.2% against 37.9%) and a little more
-#   gate weight (48.1% against 44.3%), but which ones overflow is decided by token order, not
-#   by weight (the kept ones average 0.258, below the overall mean of 0.301);
-# - with room for everything (factor 2.0), random routing gives up 24% of the second-gate
-#   weight and saves 20% of the expert work (1.60 against 2.00 experts per token).
+# - at factor 1.25, random routing runs 1.56 experts per token instead of 1.73 and fills
+#   62.3% of the buffers instead of 69.3%, yet keeps the same share of the total second-gate
+#   weight (68.4% in both): the second experts it skips are the ones with small weights
+#   (the kept ones average $g_2 = 0.384$, against 0.293 with `all`);
+# - at factor 1.0, `all` keeps more second experts (54.5% against 37.1%) and a little more
+#   gate weight (46.6% against 42.3%), but which ones overflow is decided by token order, not
+#   by weight (the kept ones average 0.268, below the overall mean of 0.314);
+# - with room for everything (factor 2.0), random routing keeps 78.2% of the second-gate
+#   weight and saves 18% of the expert work (1.63 against 2.00 experts per token).
 #
 # So random routing trades a little of the mixture's weight for compute and buffer room, and
 # lets the weights, rather than the position in the batch, decide which second choices are
@@ -401,16 +401,16 @@ for seed in SEEDS:
 # %% [markdown]
 # **What training shows.** The share of dropped slots falls fast in the first 100 steps,
 # as the balance loss spreads the first choices, then stays nearly level (at factor 2.0 it
-# creeps up from about 18% to 24%). Over the last 50 steps it is about 51% at factor 0.5
-# (the floor computed above), 25-27% at factor 1.0 and 21-25% at factor 2.0. At factor 2.0
-# almost all of it is random routing: with second gates like those of section 5, about 40%
-# of the second choices, 20% of all slots, are never sent.
+# creeps up from about 18% to 25%). Over the last 50 steps it is about 51% at factor 0.5
+# (the floor computed above), 24.9-27.7% at factor 1.0 and 20.5-24.6% at factor 2.0. At
+# factor 2.0 almost all of it is random routing: with second gates like those of section 5, about 37%
+# of the second choices (100% - 63.3%), 18% of all slots, are never sent.
 #
 # The validation loss after 800 steps orders the factors the same way for both seeds:
-# factor 0.5 is worst (1.526 and 1.514), 2.0 best (1.489 and 1.487), and 1.0 in between
-# (1.497 and 1.506). Dropping half of the slots costs 0.03-0.04 nats per character; going
-# from 1.0 to 2.0 gains 0.008-0.019, a small gain for twice the buffer memory and twice the
-# padded expert compute. That is the trade-off behind GShard's design: with a balance loss
+# factor 0.5 is worst (1.525 and 1.514), 2.0 best (1.489 and 1.489), and 1.0 in between
+# (1.498 and 1.506). Dropping half of the slots costs 0.025-0.036 nats per character
+# (against factor 2.0); going from 1.0 to 2.0 gains 0.009-0.017, a small gain for twice
+# the buffer memory and twice the padded expert compute. That is the trade-off behind GShard's design: with a balance loss
 # keeping the first choices spread out, a capacity near the balanced load loses little: the
 # overflow falls on second choices, after random routing has already skipped most of those
 # with small weights. Two seeds on a toy corpus
