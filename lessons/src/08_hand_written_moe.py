@@ -412,16 +412,17 @@ load = hand_model.blocks[0].ffn.last_counts / hand_model.blocks[0].ffn.last_coun
 print("your layer's expert load in block 0, last batch:", load)
 
 # %% [markdown]
-# Both models go from a loss of 3.513 (mean of the first 10 steps) to 1.642 (library) and
-# 1.650 (yours, mean of the last 20 of 300 steps). The balance loss stays close to its
-# minimum of 1 (1.066 and 1.060, mean of the last 20 steps), and in block 0 every expert still gets work: the
-# shares of the last batch range from 6.5% to 15.6% (12.5% would be even).
+# Both models go from a loss of 3.513 (mean of the first 10 steps) to 1.642 (mean of the
+# last 20 of 300 steps), the library's and yours alike to the digits printed. The balance loss
+# stays close to its minimum of 1 (1.065 for both, mean of the last 20 steps), and in block 0
+# every expert still gets work: the shares of the last batch range from 9.6% to 15.0% (12.5%
+# would be even).
 #
-# The two curves coincide at first (gap at most 2.4e-07 in the first 10 steps) and then
-# drift apart slowly (4.0e-04 by step 100, at most 3.8e-02 over the 300 steps). Nothing is
-# wrong: the 1e-7 rounding differences above are amplified by training, for instance when a
-# token's second and third experts are nearly tied and a tiny change swaps them. Your layer
-# took 9.9 s for the 300 steps, the library 7.1 s; the next section looks at speed.
+# The two curves coincide at first (gap at most 2.4e-07 in the first 10 steps, 4.8e-07 in
+# the first 100) and then drift apart a little (at most 6.6e-04 over the 300 steps). Nothing
+# is wrong: the 1e-7 rounding differences above are amplified by training, for instance when
+# a token's second and third experts are nearly tied and a tiny change swaps them. Your layer
+# took 3.7 s for the 300 steps, the library 2.8 s; the next section looks at speed.
 
 # %% [markdown]
 # ## How fast is it?
@@ -480,16 +481,18 @@ for n, n_experts in sizes:
     print(f"{n:>5} {n_experts:>3} " + "".join(f"{t:>26.1f} ms" for t in times))
 
 # %% [markdown]
-# - **Every expert on every token** does E/k = 4 times the expert work at E = 8 and is 2.2
-#   to 3.5 times slower than your layer (53 against 23 ms, 276 against 78 ms); at E = 32 it
-#   does 16 times the work and is 6 times slower (797 against 128 ms). (Less than the ratio of
-#   the work, presumably because its few large matrix products run more efficiently than many
-#   small ones, and it skips the dispatch.) This is the saving sparse routing is for, and it grows with E.
+# - **Every expert on every token** does E/k = 4 times the expert work at E = 8 and is 2.0
+#   to 2.8 times slower than your layer (19.9 against 9.8 ms, 92.9 against 33.1 ms); at E = 32
+#   it does 16 times the work and is 4.7 times slower (286.6 against 61.5 ms). (Less than the
+#   ratio of the work, presumably because its few large matrix products run more efficiently
+#   than many small ones, and it skips the dispatch.) This is the saving sparse routing is for,
+#   and it grows with E.
 # - **Naive loop vs sorted dispatch**: close on a CPU, and the order changes between runs
-#   on a busy machine. In this run they tie at N = 1024 (23.2 and 23.4 ms) and yours is 13-14%
-#   faster at N = 4096. Both do exactly the same expert matrix products; the naive loop's E
-#   mask scans over the N·k slots are cheap next to them at these sizes.
-# - **The library** is faster again, most at E = 32 (64 against 128 ms): it runs your
+#   on a busy machine. In this run the naive loop is a little faster at N = 1024 (9.4 against
+#   9.8 ms) and yours a little faster at N = 4096 (33.1 against 35.4 ms, 61.5 against 62.7 ms).
+#   Both do exactly the same expert matrix products; the naive loop's E mask scans over the
+#   N·k slots are cheap next to them at these sizes.
+# - **The library** is faster again, most at E = 32 (22.5 against 61.5 ms): it runs your
 #   algorithm, but each grouped matrix product is one op with one backward, where your
 #   `experts` puts about ten small ops per expert into the autograd graph.
 #

@@ -267,35 +267,35 @@ for i, moe_layer in enumerate(runs["expert-choice"].model.moe_layers()):
 # %% [markdown]
 # What the table shows, and what it does not:
 #
-# - **Quality.** The transformers end between 1.644 (xmoe, mixtral) and 1.715 (mh-moe) nats
+# - **Quality.** The transformers end between 1.640 (xmoe) and 1.715 (mh-moe) nats
 #   per character, the dense model at 1.675. But mixtral alone moves from 1.644 to 1.691 and
 #   1.659 with seeds 1 and 2: a spread of 0.047, as large as most gaps in the first column.
 #   After 250 steps on a 60 000-character toy corpus, this table does **not** rank the
 #   transformer routers, and MoE is not yet clearly ahead of the dense model with the same
 #   active parameters. The gains the papers report come with far more data, steps and experts.
-#   Only the LSTM model of 2017 (noisy-topk, 1.812) is clearly behind, most likely because of
+#   Only the LSTM model of 2017 (noisy-topk, 1.813) is clearly behind, most likely because of
 #   its architecture (the only one that is not a transformer) rather than its router.
 # - **Expert choice** has load CV exactly 0.000: every expert is always full. Zhou et al.
 #   report training convergence more than twice as fast as Switch's top-1 and GShard's top-2
-#   gating, at their scale (models of up to billions of parameters); here it ties GShard (1.679),
-#   is ahead of Switch (1.712) and behind Mixtral (1.644), all within the seed spread: the
-#   mechanism reproduces, the speed-up claim cannot be tested at this size. After training,
-#   no validation token of this batch went without an expert in either layer; about a third
-#   got one expert, 39-40% two, 22-28% three and a few four or five (mean exactly c = 2).
-# - **Drops.** Top-1 with capacity factor 1.25 (switch, st-moe) drops 9-11% of the slots in
-#   training and leaves 11-12% of the validation tokens without an expert. GShard drops 24.7%
+#   gating, at their scale (models of up to billions of parameters); here it ties GShard (1.679
+#   against 1.678), is ahead of Switch (1.713) and behind Mixtral (1.644), all within the seed
+#   spread: the mechanism reproduces, the speed-up claim cannot be tested at this size. After
+#   training, no validation token of this batch went without an expert in either layer; about a third
+#   got one expert, 38-39% two, 22-28% three and a few four or five (mean exactly c = 2).
+# - **Drops.** Top-1 with capacity factor 1.25 (switch, st-moe) drops 8-9% of the slots in
+#   training and leaves 10-11% of the validation tokens without an expert. GShard drops 24.7%
 #   of its slots in training, by random routing (a second expert with a small weight is
-#   skipped, in training only) and by its capacity factor of 1.0; on validation just 0.3% of
+#   skipped, in training only) and by its capacity factor of 1.0; on validation just 0.2% of
 #   the tokens lost both experts. GLaM (capacity factor 2.0) leaves no validation token behind.
 # - **Balance.** The balance losses (and DeepSeek-V3's bias) keep every token-choice
-#   transformer between CV 0.16 and 0.40, and no expert died in any run; noisy-topk's two losses give the flattest load of all (0.058).
-# - **Speed** (rough: measured on a CPU shared with other jobs). Dense, switch, st-moe and
-#   xmoe run at 14.6-15.5 thousand tokens/s, the other MoE configs at 10.7-13.4 thousand,
-#   GLaM (twice the blocks) at 5.6 thousand and the LSTM (a Python loop over time steps) at
-#   6.5 thousand. No MoE is faster than the dense model here, not even the top-1 ones whose
-#   single expert has half the dense FFN's FLOPs: presumably, at this tiny width, the steps
-#   around the experts (routing, sorting, gathering) cost about as much as the products they
-#   save.
+#   transformer between CV 0.16 and 0.41, and no expert died in any run; noisy-topk's two losses give the flattest load of all (0.058).
+# - **Speed** (rough: measured on a CPU shared with other jobs). The top-1 configs, switch and
+#   st-moe, are the fastest at 47.9-48.1 thousand tokens/s, about 30% faster than the dense
+#   model (37.0 thousand): their single expert has half the dense FFN's FLOPs, and the saving
+#   shows, though not in full, presumably because the FFN is only part of each step and the
+#   steps around the experts (routing, sorting, gathering) cost something too. The other MoE
+#   configs run at 33.8-37.6 thousand, about the dense model's speed, GLaM (twice the blocks)
+#   at 18.3 thousand and the LSTM (a Python loop over time steps) at 17.3 thousand.
 
 # %% [markdown]
 # ## 3. Expert parallelism: experts on different devices
