@@ -331,10 +331,11 @@ def _sum_to_shape(g, x: Tensor, fn: Function):
         return g
     out = fn.output_shape
     lead = g.ndim - len(shape)
-    fits = lead >= 0 and g.ndim <= len(out) and all(
-        n == m or (n == 1 and m == o)
-        for n, m, o in zip(shape, g.shape[lead:], out[len(out) - len(shape) :], strict=True)
-    ) and all(m == o for m, o in zip(g.shape[:lead], out[len(out) - g.ndim :], strict=False))
+    # align the axes from the right; None marks an axis that broadcasting put in front of x's
+    padded = (None,) * lead + tuple(shape)
+    fits = len(shape) <= g.ndim <= len(out) and all(
+        m == n or (n in (None, 1) and m == o) for n, m, o in zip(padded, g.shape, out[len(out) - g.ndim :], strict=True)
+    )
     if not fits:
         index = next(i for i, t in enumerate(fn.inputs) if t is x)
         raise ValueError(
